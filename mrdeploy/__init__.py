@@ -1,0 +1,36 @@
+"""mrdeploy: deploy multi-resolution vision models.
+
+The top-level names load their modules on first use, so ``import mrdeploy`` stays light:
+
+- ``export``        torch -> ONNX with dynamic H/W, checked by a resolution sweep (mrdeploy.exporter)
+- ``plan_profiles`` resolution profiles from the sizes real data has (mrdeploy.exporter.plan)
+- ``build_engine``  one engine per profile, written as a bundle (mrdeploy.exporter.build)
+- ``calibrate``     per-profile INT8 (Q/DQ) models (mrdeploy.calibration)
+- ``load``          the runtime: a Runner over a bundle (mrdeploy.runtime)
+- ``parity``, ``bench``  accuracy parity and latency per resolution
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "export": ("mrdeploy.exporter", "export"),
+    "plan_profiles": ("mrdeploy.exporter.plan", "plan_profiles"),
+    "build_engine": ("mrdeploy.exporter.build", "build_engine"),
+    "calibrate": ("mrdeploy.calibration", "calibrate"),
+    "load": ("mrdeploy.runtime", "load"),
+    "parity": ("mrdeploy.parity", "parity"),
+    "bench": ("mrdeploy.bench", "bench"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'mrdeploy' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from mrdeploy.cli import main
+
+main()
