@@ -12,6 +12,8 @@ stamp=.venv/.mrdeploy-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing mrdeploy and its dependencies into .venv (torch CPU build, onnx, onnxruntime, ...)" >&2
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all]'
+  # grep drops the "Location ... is ignored" lines this machine's pip configuration prints
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all]' \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
   echo "$want" > "$stamp"
 fi

@@ -1,0 +1,1 @@
+"""Calibration data, INT8 (Q/DQ) quantization per profile, calibration caches."""

@@ -1,0 +1,1 @@
+"""torch -> ONNX, graph optimization, engine building per profile."""
