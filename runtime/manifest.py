@@ -1,0 +1,358 @@
+"""The bundle format: ``manifest.json`` and the artifacts it names (schema in docs/bundle.md).
+
+Everyone writes and reads bundles through this module: builders make a ``Manifest`` and call
+``manifest.write(tmpdir)`` inside ``atomic_dir(out)``; the runtime calls ``Manifest.read(bundle)`` and
+``verify_artifacts``. Pure Python + hashlib: no numpy, no onnx.
+
+Versioning rule: ``format_version`` is bumped whenever a reader of the old version would misread a new
+bundle (a field renamed, removed or given a new meaning). Adding an optional field does not bump it.
+A reader refuses any version other than the ones it knows, naming expected and got.
+
+TensorRT entries: a plan only deserializes on the TensorRT version and GPU it was built for. Builders
+record, per tensorrt profile, in ``options`` (falling back to the bundle's ``build`` block):
+
+- ``tensorrt_version``  e.g. "10.16.1.11" (the version the plan was built with)
+- ``compute_capability`` e.g. "8.6", and ``gpu`` (the device name, informative)
+- ``hardware_compatibility`` "none" (default: same compute capability), "ampere_plus" (any GPU with
+  compute capability >= 8.0) or "same_compute_capability"
+- ``version_compatible`` bool (TensorRT's VERSION_COMPATIBLE flag: any runtime of the same major
+  version, not older than the builder)
+
+``check_tensorrt_compat`` turns those into a BundleError before a plan is deserialized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from mrdeploy._atomic import write_text_atomic
+from mrdeploy.errors import BundleError
+from mrdeploy.runtime.modelinfo import ModelInfo
+from mrdeploy.runtime.profiles import Profile
+
+FORMAT = "mrdeploy-bundle"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MANIFEST_NAME = "manifest.json"
+BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+POLICIES = ("pad", "resize", "error")
+
+
+@dataclass
+class ProfileEntry:
+    """One engine of a bundle: the profile it serves and the artifact that serves it."""
+
+    profile: Profile
+    backend: str
+    precision: str
+    artifact: str  # relative to the bundle directory, posix separators
+    sha256: str
+    options: dict = field(default_factory=dict)
+    calibration: dict | None = None
+    measurements: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    def to_dict(self) -> dict:
+        d = self.profile.to_dict()
+        d.update(
+            backend=self.backend,
+            precision=self.precision,
+            artifact=self.artifact,
+            sha256=self.sha256,
+            options=dict(self.options),
+            calibration=self.calibration,
+            measurements=self.measurements,
+        )
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = MANIFEST_NAME) -> ProfileEntry:
+        name = d.get("name") if isinstance(d, Mapping) else None
+        at = f"{where}: profile {name!r}" if name else f"{where}: a profile"
+        if not isinstance(d, Mapping):
+            raise BundleError(f"{where}: expected each profile to be an object, got {type(d).__name__}")
+        missing = [k for k in ("name", "inputs", "backend", "precision", "artifact", "sha256") if k not in d]
+        if missing:
+            raise BundleError(f"{at} is missing {', '.join(missing)}")
+        try:
+            profile = Profile.from_dict(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BundleError(
+                f"{at}: inputs must map each input to {{min, opt, max}} shapes, got {d['inputs']!r} ({e})"
+            ) from None
+        if d["backend"] not in BACKENDS:
+            raise BundleError(f"{at}: unknown backend {d['backend']!r}, expected one of {', '.join(BACKENDS)}")
+        if d["precision"] not in PRECISIONS:
+            raise BundleError(
+                f"{at}: unknown precision {d['precision']!r}, expected one of {', '.join(PRECISIONS)}"
+            )
+        _check_relative(d["artifact"], f"{at}: artifact")
+        return cls(
+            profile=profile,
+            backend=d["backend"],
+            precision=d["precision"],
+            artifact=d["artifact"],
+            sha256=d["sha256"],
+            options=dict(d.get("options") or {}),
+            calibration=d.get("calibration"),
+            measurements=d.get("measurements"),
+        )
+
+
+@dataclass
+class Manifest:
+    """The whole ``manifest.json``."""
+
+    model: ModelInfo
+    source: dict  # {"artifact": "model.onnx", "sha256": "..."}
+    policy: str
+    profiles: list[ProfileEntry]
+    build: dict
+    format_version: int = FORMAT_VERSION
+
+    def entry(self, name: str) -> ProfileEntry:
+        for e in self.profiles:
+            if e.name == name:
+                return e
+        raise BundleError(
+            f"bundle has no profile {name!r}; its profiles are {', '.join(e.name for e in self.profiles)}"
+        )
+
+    @property
+    def profile_list(self) -> list[Profile]:
+        return [e.profile for e in self.profiles]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "model": self.model.to_dict(),
+            "source": dict(self.source),
+            "policy": self.policy,
+            "profiles": [e.to_dict() for e in self.profiles],
+            "build": dict(self.build),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = MANIFEST_NAME) -> Manifest:
+        """Validate and parse; every problem is a BundleError naming ``where`` (the manifest's path)."""
+        if not isinstance(d, Mapping):
+            raise BundleError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        if d.get("format") != FORMAT:
+            raise BundleError(f"{where}: unknown format: expected {FORMAT!r}, got {d.get('format')!r}")
+        version = d.get("format_version")
+        if version not in SUPPORTED_VERSIONS:
+            raise BundleError(
+                f"{where}: unknown format_version: expected {' or '.join(map(str, SUPPORTED_VERSIONS))}, "
+                f"got {version!r} (written by another mrdeploy version; rebuild the bundle with this one)"
+            )
+        missing = [k for k in ("model", "source", "profiles") if k not in d]
+        if missing:
+            raise BundleError(f"{where}: missing {', '.join(missing)}")
+        try:
+            model = ModelInfo.from_dict(d["model"])
+        except (TypeError, ValueError, AttributeError) as e:
+            raise BundleError(f"{where}: model info does not parse: {e}") from None
+        policy = d.get("policy", "pad")
+        if policy not in POLICIES:
+            raise BundleError(f"{where}: unknown policy {policy!r}, expected one of {', '.join(POLICIES)}")
+        source = d["source"]
+        if not isinstance(source, Mapping) or "artifact" not in source or "sha256" not in source:
+            raise BundleError(f"{where}: source must be {{artifact, sha256}}, got {source!r}")
+        _check_relative(source["artifact"], f"{where}: source artifact")
+        if not isinstance(d["profiles"], list) or not d["profiles"]:
+            raise BundleError(f"{where}: expected a non-empty list of profiles, got {d['profiles']!r}")
+        entries = [ProfileEntry.from_dict(p, where) for p in d["profiles"]]
+        seen: set[str] = set()
+        for e in entries:
+            if e.name in seen:
+                raise BundleError(f"{where}: profile name {e.name!r} appears twice")
+            seen.add(e.name)
+        input_names = {i.name for i in model.inputs}
+        for e in entries:
+            if input_names and set(e.profile.inputs) != input_names:
+                raise BundleError(
+                    f"{where}: profile {e.name!r} covers inputs {sorted(e.profile.inputs)}, "
+                    f"expected the model's image inputs {sorted(input_names)}"
+                )
+        return cls(
+            model=model,
+            source=dict(source),
+            policy=policy,
+            profiles=entries,
+            build=dict(d.get("build") or {}),
+            format_version=version,
+        )
+
+    @classmethod
+    def read(cls, bundle_dir: str | os.PathLike) -> Manifest:
+        """Read ``bundle_dir/manifest.json`` (a path to manifest.json itself works too)."""
+        path = manifest_path(bundle_dir)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise BundleError(f"{path}: cannot read the manifest ({e.strerror})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{path}: not valid JSON ({e}); the file is corrupt or truncated") from None
+        return cls.from_dict(data, where=str(path))
+
+    def write(self, bundle_dir: str | os.PathLike) -> Path:
+        """Write ``bundle_dir/manifest.json`` atomically; returns its path."""
+        return write_text_atomic(Path(bundle_dir) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def manifest_path(bundle_dir: str | os.PathLike) -> Path:
+    """The manifest of a bundle directory; a BundleError that says what the path is when it is not one."""
+    p = Path(bundle_dir)
+    if p.is_file() and p.name == MANIFEST_NAME:
+        return p
+    if p.is_file():
+        hint = " (an ONNX model: build a bundle with `mrdeploy build-engine`)" if p.suffix == ".onnx" else ""
+        raise BundleError(f"{p}: expected a bundle directory with {MANIFEST_NAME}, got a file{hint}")
+    if not p.exists():
+        raise BundleError(f"{p}: no such bundle directory")
+    m = p / MANIFEST_NAME
+    if not m.is_file():
+        raise BundleError(f"{p}: not a bundle: expected {MANIFEST_NAME} in it, found none")
+    return m
+
+
+def _check_relative(artifact: object, what: str) -> None:
+    if not isinstance(artifact, str) or not artifact:
+        raise BundleError(f"{what}: expected a relative path, got {artifact!r}")
+    pp = PurePosixPath(artifact)
+    if pp.is_absolute() or ".." in pp.parts or "\\" in artifact:
+        raise BundleError(f"{what}: expected a path inside the bundle, got {artifact!r}")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_artifact(bundle_dir: str | os.PathLike, artifact: str, sha256: str, what: str) -> Path:
+    """Check one artifact exists and has the recorded sha256; returns its path."""
+    path = Path(bundle_dir) / artifact
+    if not path.is_file():
+        raise BundleError(f"{what}: artifact {path} is missing (expected sha256 {sha256[:12]}...)")
+    got = sha256_file(path)
+    if got != sha256:
+        raise BundleError(
+            f"{what}: artifact {path} has changed: expected sha256 {sha256}, got {got} "
+            "(the file was modified or truncated after the build)"
+        )
+    return path
+
+
+def verify_artifacts(
+    bundle_dir: str | os.PathLike,
+    manifest: Manifest,
+    profiles: Iterable[str] | None = None,
+    source: bool = True,
+) -> None:
+    """Check that every artifact (each profile's, its calibration cache, and the source model unless
+    ``source=False``) exists and matches its sha256. ``profiles`` limits the check to those names."""
+    wanted = None if profiles is None else set(profiles)
+    if source:
+        verify_artifact(bundle_dir, manifest.source["artifact"], manifest.source["sha256"], "source model")
+    for e in manifest.profiles:
+        if wanted is not None and e.name not in wanted:
+            continue
+        verify_artifact(bundle_dir, e.artifact, e.sha256, f"profile {e.name!r}")
+        cal = e.calibration or {}
+        if cal.get("cache") and cal.get("cache_sha256"):
+            verify_artifact(bundle_dir, cal["cache"], cal["cache_sha256"], f"profile {e.name!r} calibration cache")
+
+
+# --- TensorRT plan compatibility -------------------------------------------------------------------
+
+
+def tensorrt_requirements(entry: ProfileEntry, build: Mapping) -> dict:
+    """What a tensorrt entry's plan needs: version, compute capability, GPU, compatibility flags."""
+    o = entry.options
+    return {
+        "tensorrt_version": o.get("tensorrt_version") or build.get("tensorrt"),
+        "compute_capability": o.get("compute_capability") or build.get("compute_capability"),
+        "gpu": o.get("gpu") or build.get("gpu"),
+        "hardware_compatibility": str(o.get("hardware_compatibility") or "none").lower(),
+        "version_compatible": bool(o.get("version_compatible", False)),
+    }
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in str(v).split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def _cc_tuple(cc: str) -> tuple[int, int]:
+    major, _, minor = str(cc).partition(".")
+    return int(major), int(minor or 0)
+
+
+def check_tensorrt_compat(
+    entry: ProfileEntry,
+    build: Mapping,
+    tensorrt_version: str,
+    compute_capability: str,
+    gpu: str | None = None,
+) -> None:
+    """Raise BundleError if ``entry``'s plan cannot be deserialized by this TensorRT on this GPU.
+
+    Version: the same major.minor.patch, or (version_compatible) the same major and not older.
+    GPU: the same compute capability; with hardware_compatibility "ampere_plus", any >= 8.0 runtime GPU.
+    """
+    req = tensorrt_requirements(entry, build)
+    where = f"profile {entry.name!r} ({entry.artifact})"
+    built_v = req["tensorrt_version"]
+    if not built_v:
+        raise BundleError(f"{where}: the manifest does not record the TensorRT version the plan was built with")
+    bv, rv = _version_tuple(built_v), _version_tuple(tensorrt_version)
+    if req["version_compatible"]:
+        ok = bool(bv) and bool(rv) and rv[0] == bv[0] and rv[:3] >= bv[:3]
+        expected = f"TensorRT {bv[0] if bv else '?'}.x >= {built_v} (built version-compatible)"
+    else:
+        ok = rv[:3] == bv[:3]
+        expected = f"TensorRT {built_v}"
+    if not ok:
+        raise BundleError(
+            f"{where}: plan built for {expected}, got TensorRT {tensorrt_version}; rebuild the bundle here "
+            "with `mrdeploy build-engine --backend tensorrt`"
+        )
+    built_cc = req["compute_capability"]
+    if not built_cc:
+        raise BundleError(f"{where}: the manifest does not record the GPU compute capability the plan was built for")
+    hw = req["hardware_compatibility"].replace("-", "_").replace("+", "_plus")
+    gpu_note = f" ({req['gpu']})" if req["gpu"] else ""
+    here = f"compute capability {compute_capability}" + (f" ({gpu})" if gpu else "")
+    if hw in ("ampere_plus", "ampere_plus_plus"):
+        if _cc_tuple(compute_capability) < (8, 0):
+            raise BundleError(
+                f"{where}: plan built hardware-compatible for Ampere or newer (compute capability >= 8.0), "
+                f"got {here}"
+            )
+        return
+    if _cc_tuple(compute_capability) != _cc_tuple(built_cc):
+        raise BundleError(
+            f"{where}: plan built for compute capability {built_cc}{gpu_note}, got {here}; rebuild on this "
+            "GPU or build with hardware compatibility"
+        )
