@@ -1,0 +1,406 @@
+"""The Runner: a bundle's engines behind one call that sends each input to the right profile.
+
+- Engines load lazily, on first use; ``max_loaded=N`` keeps at most N loaded, evicting the least
+  recently used idle one (an engine in use by another thread is never closed under it).
+- Thread-safe: ``run`` may be called from several threads at once. Engine loads happen outside the
+  runner's lock, so threads using already-loaded engines are not held up by a load.
+- Artifacts are verified (existence + sha256) once, when the bundle is loaded, for the profiles this
+  runner serves; the source ``model.onnx`` is not read by the runtime, so it is not hashed here (a
+  deployment may leave it out). TensorRT plans are also checked against the TensorRT version and GPU
+  right before they are deserialized.
+
+Inputs are normalized NCHW float32 arrays (``mrdeploy.runtime.images`` turns image files into them).
+float16 and float64 arrays are cast to float32 (no other dtype is accepted). Padding (policy ``pad``
+and sizes off the divisor) fills with 0 *after* normalization, i.e. with the dataset mean colour.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mrdeploy.errors import BundleError, InputError, MrdeployError
+from mrdeploy.runtime.backends.base import Engine, get_engine_class
+from mrdeploy.runtime.dispatch import POLICIES, Decision, decide
+from mrdeploy.runtime.manifest import Manifest, ProfileEntry, verify_artifacts
+from mrdeploy.runtime.modelinfo import OutputInfo
+from mrdeploy.runtime.profiles import Profile
+from mrdeploy.runtime.resize import resize_bilinear
+
+_CAST_OK = (np.dtype(np.float16), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What ``run_with_info`` reports beside the outputs."""
+
+    decision: Decision
+    latency_ms: float  # fit + engine run + restore, without any engine load
+    load_ms: float  # time spent loading the engine for this call (0 when it was loaded already)
+
+
+class Runner:
+    """Serve a bundle. Make one with ``mrdeploy.runtime.load``; use as a context manager or ``close()``."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        manifest: Manifest,
+        backend: str | None = None,
+        providers=None,
+        max_loaded: int | None = None,
+        policy: str | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+    ):
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest
+        entries = manifest.profiles
+        if backend is not None:
+            entries = [e for e in entries if e.backend == backend]
+            if not entries:
+                have = sorted({e.backend for e in manifest.profiles})
+                raise BundleError(
+                    f"{self.bundle_dir}: no profile built for backend {backend!r}; the bundle has {', '.join(have)}"
+                )
+        self.entries: list[ProfileEntry] = list(entries)
+        self._by_name = {e.name: e for e in self.entries}
+        self.policy = policy if policy is not None else manifest.policy
+        if self.policy not in POLICIES:
+            raise InputError(f"unknown policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
+        if max_loaded is not None and int(max_loaded) < 1:
+            raise InputError(f"max_loaded must be at least 1, got {max_loaded}")
+        self.max_loaded = int(max_loaded) if max_loaded is not None else None
+        self.providers = providers
+        self.threads = threads
+        self.model = manifest.model
+        self.input_names = [i.name for i in self.model.inputs] or list(self.entries[0].profile.inputs)
+        for info in self.model.inputs:
+            if info.layout.upper() != "NCHW":
+                raise BundleError(
+                    f"{self.bundle_dir}: input {info.name!r} has layout {info.layout}, expected NCHW "
+                    "(the runtime serves NCHW image inputs)"
+                )
+        first = self.entries[0].profile
+        self._channels = {n: first.inputs[n].opt[1] for n in self.input_names}
+        self._divisors = {n: 1 for n in self.input_names}
+        for info in self.model.inputs:
+            self._channels[info.name] = info.channels
+            self._divisors[info.name] = max(1, int(info.divisor or 1))
+        self._outputs: dict[str, OutputInfo] = {o.name: o for o in self.model.outputs}
+        if verify:
+            verify_artifacts(self.bundle_dir, manifest, profiles=self._by_name, source=False)
+
+        self._cond = threading.Condition()
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._loading: set[str] = set()
+        self._in_use: Counter[str] = Counter()
+        self.load_counts: Counter[str] = Counter()
+        self._local = threading.local()
+        self._closed = False
+
+    # --- what the bundle serves ------------------------------------------------------------------
+
+    @property
+    def profiles(self) -> list[Profile]:
+        return [e.profile for e in self.entries]
+
+    @property
+    def loaded(self) -> list[str]:
+        """Names of the loaded engines, least recently used first."""
+        with self._cond:
+            return list(self._engines)
+
+    @property
+    def last_decision(self) -> Decision | None:
+        """The decision of the last ``run`` made by the calling thread (None before the first)."""
+        return getattr(self._local, "decision", None)
+
+    def select(self, *args, policy: str | None = None) -> Decision:
+        """``select(batch, h, w)`` for a single-input model, or ``select({name: shape})`` with full NCHW
+        (or (N, H, W)) shapes per input: the Decision ``run`` would make, without running anything."""
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            shapes = {}
+            for name, s in args[0].items():
+                s = tuple(int(d) for d in s)
+                if len(s) == 3 and name in self._channels:
+                    s = (s[0], self._channels[name], s[1], s[2])
+                shapes[name] = s
+        elif len(args) == 3:
+            name = self._single_input("select(batch, h, w)")
+            shapes = {name: (int(args[0]), self._channels[name], int(args[1]), int(args[2]))}
+        else:
+            raise InputError(f"select takes (batch, h, w) or a dict of shapes, got {len(args)} arguments")
+        self._check_names(shapes)
+        for name, s in shapes.items():
+            self._check_shape(name, s)
+        return decide(self.profiles, shapes, policy or self.policy, self._divisors)
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def __call__(self, x, policy: str | None = None):
+        """One input (array, or a dict for several inputs) -> the output array when the model has one
+        output, else a dict name -> array."""
+        outs = self.run(x, policy=policy)
+        return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def run(self, inputs, policy: str | None = None) -> dict[str, np.ndarray]:
+        """``{input name: NCHW array}`` (or a bare array for a single-input model) -> {output name: array}."""
+        return self.run_with_info(inputs, policy=policy)[0]
+
+    def run_with_info(self, inputs, policy: str | None = None) -> tuple[dict[str, np.ndarray], RunInfo]:
+        """Like ``run``, and also returns the Decision and the latency."""
+        if self._closed:
+            raise MrdeployError(f"runner for {self.bundle_dir} is closed")
+        start = time.perf_counter()
+        arrays = self._check_inputs(inputs)
+        decision = decide(
+            self.profiles, {n: a.shape for n, a in arrays.items()}, policy or self.policy, self._divisors
+        )
+        feeds = self._fit(arrays, decision)
+        engine, load_ms = self._acquire(decision.profile.name)
+        try:
+            feeds = {
+                n: (a if a.dtype == engine.input_dtypes.get(n, a.dtype) else a.astype(engine.input_dtypes[n]))
+                for n, a in feeds.items()
+            }
+            outs = engine.run(feeds)
+        finally:
+            self._release(decision.profile.name)
+        outs = self._restore(outs, decision)
+        self._local.decision = decision
+        latency = (time.perf_counter() - start) * 1e3 - load_ms
+        return outs, RunInfo(decision, latency, load_ms)
+
+    def warmup(self) -> dict[str, float]:
+        """Run every profile once at its opt shape (zeros); returns the milliseconds per profile
+        (including the engine load). With ``max_loaded`` smaller than the profile count, earlier
+        engines are evicted again."""
+        times = {}
+        for e in self.entries:
+            t0 = time.perf_counter()
+            feeds = {n: np.zeros(r.opt, np.float32) for n, r in e.profile.inputs.items()}
+            engine, _ = self._acquire(e.name)
+            try:
+                engine.run({n: a.astype(engine.input_dtypes.get(n, a.dtype)) for n, a in feeds.items()})
+            finally:
+                self._release(e.name)
+            times[e.name] = (time.perf_counter() - t0) * 1e3
+        return times
+
+    def close(self) -> None:
+        """Unload every engine; the runner cannot be used afterwards."""
+        with self._cond:
+            self._closed = True
+            engines, self._engines = list(self._engines.values()), OrderedDict()
+        for e in engines:
+            e.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        names = ", ".join(e.profile.describe() for e in self.entries)
+        return f"Runner({str(self.bundle_dir)!r}, policy={self.policy!r}, profiles=[{names}])"
+
+    # --- engines ----------------------------------------------------------------------------------
+
+    def _create(self, name: str) -> Engine:
+        entry = self._by_name[name]
+        cls = get_engine_class(entry.backend)
+        return cls(
+            self.bundle_dir / entry.artifact, entry, providers=self.providers, threads=self.threads,
+            build=self.manifest.build,
+        )
+
+    def _acquire(self, name: str) -> tuple[Engine, float]:
+        """The engine for a profile, marked in use; loads it (evicting LRU idle engines) if needed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise MrdeployError(f"runner for {self.bundle_dir} is closed")
+                engine = self._engines.get(name)
+                if engine is not None:
+                    self._engines.move_to_end(name)
+                    self._in_use[name] += 1
+                    return engine, 0.0
+                if name in self._loading:
+                    self._cond.wait()
+                    continue
+                if self.max_loaded is not None and len(self._engines) + len(self._loading) >= self.max_loaded:
+                    victim = next((n for n in self._engines if self._in_use[n] == 0), None)
+                    if victim is None:
+                        self._cond.wait()
+                        continue
+                    self._engines.pop(victim).close()
+                    continue
+                self._loading.add(name)
+                break
+        t0 = time.perf_counter()
+        try:
+            engine = self._create(name)
+        except BaseException:
+            with self._cond:
+                self._loading.discard(name)
+                self._cond.notify_all()
+            raise
+        load_ms = (time.perf_counter() - t0) * 1e3
+        with self._cond:
+            self._loading.discard(name)
+            self._engines[name] = engine
+            self._in_use[name] += 1
+            self.load_counts[name] += 1
+            self._cond.notify_all()
+        return engine, load_ms
+
+    def _release(self, name: str) -> None:
+        with self._cond:
+            self._in_use[name] -= 1
+            self._cond.notify_all()
+
+    # --- inputs and outputs -----------------------------------------------------------------------
+
+    def _single_input(self, what: str) -> str:
+        if len(self.input_names) != 1:
+            raise InputError(
+                f"{what} is for single-input models; this model has inputs {self.input_names}: "
+                "pass a dict {name: array}"
+            )
+        return self.input_names[0]
+
+    def _check_names(self, given: Mapping) -> None:
+        unknown = [n for n in given if n not in self.input_names]
+        missing = [n for n in self.input_names if n not in given]
+        if unknown or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing}")
+            if unknown:
+                parts.append(f"unknown {unknown}")
+            raise InputError(f"expected inputs {self.input_names}, got {list(given)} ({'; '.join(parts)})")
+
+    def _check_shape(self, name: str, shape: tuple) -> None:
+        c = self._channels[name]
+        if len(shape) != 4:
+            hint = ""
+            if len(shape) == 3 and shape[-1] == c:
+                hint = " (this looks like an HWC image: use mrdeploy.runtime.images.preprocess)"
+            elif len(shape) == 3 and shape[0] == c:
+                hint = " (add the batch axis: x[None])"
+            raise InputError(f"input {name!r}: expected rank 4 (N, C, H, W), got shape {tuple(shape)}{hint}")
+        if shape[1] != c:
+            raise InputError(
+                f"input {name!r}: expected {c} channels (N, {c}, H, W), got {shape[1]} in shape {tuple(shape)}"
+            )
+        if min(shape) < 1:
+            raise InputError(f"input {name!r}: expected every axis to be at least 1, got shape {tuple(shape)}")
+
+    def _check_inputs(self, inputs) -> dict[str, np.ndarray]:
+        if not isinstance(inputs, Mapping):
+            inputs = {self._single_input("a bare array"): inputs}
+        self._check_names(inputs)
+        arrays = {}
+        for name in self.input_names:
+            a = inputs[name]
+            if not isinstance(a, np.ndarray):
+                try:
+                    a = np.asarray(a)
+                except Exception:
+                    raise InputError(f"input {name!r}: expected a numpy array, got {type(a).__name__}") from None
+            if a.dtype != np.float32:
+                if a.dtype not in _CAST_OK:
+                    raise InputError(
+                        f"input {name!r}: expected float32 (normalized NCHW; float16/float64 are cast), "
+                        f"got {a.dtype}; turn images into inputs with mrdeploy.runtime.images.preprocess"
+                    )
+                a = a.astype(np.float32)
+            self._check_shape(name, a.shape)
+            if not np.isfinite(a).all():
+                bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+                raise InputError(
+                    f"input {name!r}: expected finite values, got {bad} NaN/Inf of {a.size} in shape {a.shape}"
+                )
+            arrays[name] = np.ascontiguousarray(a)
+        return arrays
+
+    def _fit(self, arrays: dict[str, np.ndarray], d: Decision) -> dict[str, np.ndarray]:
+        if d.action == "exact":
+            return arrays
+        out = {}
+        for name, a in arrays.items():
+            served = d.served_shapes[name]
+            if served == a.shape:
+                out[name] = a
+            elif d.action == "resize":
+                out[name] = resize_bilinear(a, served[-2:])
+            else:  # pad bottom/right with zeros (the mean colour, after normalization)
+                padded = np.zeros(served, dtype=a.dtype)
+                padded[:, :, : a.shape[2], : a.shape[3]] = a
+                out[name] = padded
+        return out
+
+    def _source_input(self, out_hw: tuple[int, int], stride: int, d: Decision) -> str:
+        """Which input a spatial output follows: the one whose served size / stride gives its size."""
+        for name, s in d.served_shapes.items():
+            h, w = s[-2:]
+            if tuple(out_hw) in ((math.ceil(h / stride), math.ceil(w / stride)), (h // stride, w // stride)):
+                return name
+        return self.input_names[0]
+
+    def _restore(self, outs: dict[str, np.ndarray], d: Decision) -> dict[str, np.ndarray]:
+        if d.action == "exact":
+            return outs
+        result = {}
+        for oname, y in outs.items():
+            info = self._outputs.get(oname)
+            if info is None or not info.spatial or y.ndim < 3:
+                result[oname] = y
+                continue
+            stride = max(1, int(info.stride or 1))
+            src = self._source_input(y.shape[-2:], stride, d)
+            h, w = d.input_shapes[src][-2:]
+            sh, sw = d.served_shapes[src][-2:]
+            if (h, w) == (sh, sw):
+                result[oname] = y
+            elif d.action == "pad":
+                result[oname] = np.ascontiguousarray(y[..., : math.ceil(h / stride), : math.ceil(w / stride)])
+            else:
+                oh, ow = y.shape[-2:]
+                size = (max(1, round(oh * h / sh)), max(1, round(ow * w / sw)))
+                result[oname] = resize_bilinear(y, size).astype(y.dtype, copy=False)
+        return result
+
+
+def load(
+    path: str | Path,
+    backend: str | None = None,
+    providers=None,
+    max_loaded: int | None = None,
+    policy: str | None = None,
+    threads: int | None = None,
+    verify: bool = True,
+) -> Runner:
+    """Open a bundle directory: read and validate the manifest, verify the artifacts' sha256, and
+    return a Runner whose engines load lazily.
+
+    backend:    serve only the profiles built for this backend ("onnxruntime", "tensorrt").
+    providers:  ONNX Runtime providers, e.g. ["cuda"] or "tensorrt,cuda" (CPU is always the fallback).
+    max_loaded: keep at most this many engines loaded (least recently used goes first).
+    policy:     "pad" | "resize" | "error" for inputs outside every profile (default: the bundle's).
+    threads:    intra-op threads per engine (default: what the bundle recorded, else the backend's).
+    verify:     check every served artifact's sha256 now (on by default).
+    """
+    manifest = Manifest.read(path)
+    p = Path(path)
+    bundle_dir = p.parent if p.is_file() else p
+    return Runner(bundle_dir, manifest, backend, providers, max_loaded, policy, threads, verify)
