@@ -1,0 +1,50 @@
+"""``mrdeploy bench BUNDLE``: latency per resolution against the dynamic ONNX model and PyTorch eager."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path())
+@click.option("--sizes", metavar="LIST", help="Sizes, e.g. 96,128,200x160 (default: every profile's "
+              "min/opt/max, between and outside the profiles).")
+@click.option("--reference", "-r", "references", multiple=True, metavar="MODEL.onnx|module:factory",
+              help="Also time a PyTorch model (module:factory or path.py:factory); an .onnx replaces the "
+                   "bundle's model.onnx as the dynamic ONNX model. Repeatable.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Weights for the PyTorch model.")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Keyword for the factory.")
+@click.option("--threads", type=int, help="Threads for every target (default: all cores).")
+@click.option("--runs", default=50, show_default=True, help="Timed runs per size and target.")
+@click.option("--warmup", default=5, show_default=True, help="Untimed runs first.")
+@click.option("--batch", default=1, show_default=True, help="Batch size of every call.")
+@click.option("--policy", type=click.Choice(["pad", "resize", "error"]), help="Override the bundle's policy.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="bench-report", show_default=True,
+              help="Directory for bench.json, bench.md and bench.png.")
+@click.option("--no-plot", is_flag=True, help="Skip the PNG.")
+def command(bundle, sizes, references, checkpoint, model_args, threads, runs, warmup, batch, policy, out,
+            no_plot) -> None:
+    """Time the bundle per resolution, side by side with the dynamic ONNX model and PyTorch eager."""
+    from mrdeploy.bench import bench
+    from mrdeploy.cli.parity import parse_model_args
+
+    report = bench(bundle, sizes=sizes, reference=list(references) or None, checkpoint=checkpoint,
+                   threads=threads, runs=runs, warmup=warmup, batch=batch,
+                   model_args=parse_model_args(model_args), policy=policy, out=out, plot=not no_plot)
+    has_pt = any(r.target == "pytorch" for r in report.rows)
+    by = {(r.size, r.target): r for r in report.rows}
+    head = f"{'size':>10}  {'served by':<24} {'bundle':>9} {'onnx':>9}" + (f" {'pytorch':>9}" if has_pt else "")
+    head += f"  {'vs onnx':>8}" + (f"  {'vs torch':>8}" if has_pt else "")
+    click.echo(f"p50 latency in ms, {report.threads} thread(s), {report.runs} runs per size and target")
+    click.echo(head)
+    for s in report.sizes:
+        size = s["size"]
+        line = f"{size:>10}  {s['profile'] + ' (' + s['precision'] + ', ' + s['action'] + ')':<24}"
+        line += f" {by[(size, 'bundle')].p50_ms:9.2f} {by[(size, 'onnx')].p50_ms:9.2f}"
+        if has_pt:
+            line += f" {by[(size, 'pytorch')].p50_ms:9.2f}"
+        line += f"  {s['speedup_vs_onnx']:7.2f}x"
+        if has_pt:
+            line += f"  {s['speedup_vs_pytorch']:7.2f}x"
+        click.echo(line)
+    click.echo(f"wrote {out}/bench.json, bench.md" + ("" if no_plot else ", bench.png") + f" in {report.seconds:.1f} s")

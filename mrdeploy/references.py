@@ -1,0 +1,103 @@
+"""Reference models that parity and bench compare a bundle with: the dynamic ONNX model (ONNX Runtime)
+and the PyTorch model (``module:factory`` or ``path.py:factory`` plus a checkpoint).
+
+Both take and return numpy: ``ref.run({"input": x}) -> {"logits": y}``. torch is imported only when a
+PyTorch reference is asked for; ONNX Runtime only when an ONNX one is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mrdeploy.errors import InputError
+
+
+class OnnxReference:
+    """An ONNX Runtime CPU session over a model with dynamic shapes (the bundle's source model.onnx)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"reference ONNX model {self.path}: no such file")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise InputError(f"reference ONNX model {self.path}: ONNX Runtime cannot load it ({e})") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.label = "onnx fp32"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise InputError(f"reference ONNX model {self.path}: expected inputs {self.input_names}, missing {missing}")
+        outs = self.session.run(None, {n: np.ascontiguousarray(feeds[n]) for n in self.input_names})
+        return dict(zip(self.output_names, outs))
+
+
+class TorchReference:
+    """The PyTorch model in eval mode, called under ``torch.inference_mode``; outputs named like the ONNX
+    model's (by position)."""
+
+    kind = "pytorch"
+
+    def __init__(
+        self,
+        spec: str,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        checkpoint: str | os.PathLike | None = None,
+        model_args: Mapping | None = None,
+        threads: int | None = None,
+    ):
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.spec = spec
+        self.model = load_torch_model(spec, checkpoint, model_args)
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.label = "pytorch fp32"
+        self._torch = torch
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        with torch.inference_mode():
+            out = self.model(*args)
+        if isinstance(out, Mapping):
+            values = list(out.values())
+        elif isinstance(out, (tuple, list)):
+            values = list(out)
+        else:
+            values = [out]
+        return {name: v.detach().float().numpy() for name, v in zip(self.output_names, values)}
+
+
+def load_torch_model(spec: str, checkpoint: str | os.PathLike | None = None, model_args: Mapping | None = None):
+    """``module:factory`` / ``path.py:factory`` (+ a checkpoint loaded with weights_only=True) -> eval model.
+
+    Uses the exporter's loader, so parity sees exactly the model ``mrdeploy export`` saw.
+    """
+    from mrdeploy.exporter.loading import load_model
+
+    model = load_model(spec, dict(model_args or {}), checkpoint)
+    return model.eval()
+
+
+def is_onnx_path(spec: str | os.PathLike) -> bool:
+    return str(spec).lower().endswith(".onnx")

@@ -1,0 +1,197 @@
+"""Markdown tables and PNG figures for parity and bench reports.
+
+The plots take the reports' JSON dictionaries (``ParityReport.to_dict()``, ``BenchReport.to_dict()``),
+so a figure can be redrawn from a saved ``parity.json``/``bench.json``. matplotlib is imported lazily,
+with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from mrdeploy._atomic import atomic_file
+
+# one color per series kind, stable across figures
+_COLORS = {
+    "pytorch": "#444444",
+    "onnx": "#1f77b4",
+    "fp32": "#2ca02c",
+    "fp16": "#9467bd",
+    "int8": "#d62728",
+}
+_SPAN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], align: str | None = None) -> str:
+    """A GitHub Markdown table; ``align`` is one char per column ('l' or 'r'), default: all left."""
+    headers = [str(h) for h in headers]
+    rows = [["" if v is None else str(v) for v in r] for r in rows]
+    align = align or "l" * len(headers)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def fmt(v: float | None, digits: int = 4) -> str:
+    """Compact number for tables: '-' for None, fixed decimals for [0, 1]-ish values, else %g."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if abs(v) >= 1000 or (v != 0 and abs(v) < 10 ** (-digits)):
+        return f"{v:.{max(1, digits - 1)}e}"
+    return f"{v:.{digits}f}"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series_color(key: str) -> str:
+    for word, color in _COLORS.items():
+        if word in key:
+            return color
+    return "#17becf"
+
+
+def _profile_spans(ax, profiles: Sequence[Mapping], side_of) -> None:
+    """Shade each profile's range on the x axis (by the side measure) and mark its opt."""
+    for i, p in enumerate(profiles):
+        lo, opt, hi = side_of(p["min"]), side_of(p["opt"]), side_of(p["max"])
+        color = _SPAN_COLORS[i % len(_SPAN_COLORS)]
+        ax.axvspan(lo, hi, color=color, alpha=0.10, lw=0)
+        ax.axvline(lo, color=color, lw=0.8, ls=":")
+        ax.axvline(hi, color=color, lw=0.8, ls=":")
+        ax.axvline(opt, color=color, lw=0.8, ls="--", alpha=0.6)
+        ax.text(
+            (lo + hi) / 2, 1.0, f"{p['name']}\n{p.get('precision', '')}", transform=ax.get_xaxis_transform(),
+            ha="center", va="bottom", fontsize=7, color=color,
+        )
+
+
+def _side(shape: Sequence[int]) -> float:
+    return float((shape[-2] * shape[-1]) ** 0.5)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot_parity(report: Mapping, path: str | os.PathLike) -> Path:
+    """Accuracy (labeled data) or agreement with the reference vs input resolution, one curve per
+    model/precision, profile ranges shaded; beside it 1 - cosine vs the reference (log scale)."""
+    plt = _pyplot()
+    rows = report["rows"]
+    labeled = bool(report.get("labeled"))
+    seg = report.get("task") == "segmentation"
+    metric = "accuracy" if labeled else ("pixel_agreement" if seg else "top1_agreement")
+    if report.get("task") not in ("classification", "segmentation"):
+        metric = "cosine"
+    ylabel = {
+        "accuracy": "mIoU" if seg else "top-1 accuracy",
+        "pixel_agreement": "pixel agreement with reference",
+        "top1_agreement": "top-1 agreement with reference",
+        "cosine": "cosine vs reference",
+    }[metric]
+    curves = _curves(rows, metric)
+    errs = _curves(rows, "cosine", transform=lambda c: max(1.0 - c, 1e-9))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, data, ylab, log in ((axes[0], curves, ylabel, False), (axes[1], errs, "1 - cosine vs reference", True)):
+        _profile_spans(ax, report.get("profiles", []), _side)
+        for key, pts in data.items():
+            if not pts:
+                continue
+            xs, ys, markers = zip(*pts)
+            style = "--" if key.startswith("pytorch") else "-"
+            ax.plot(xs, ys, style, color=_series_color(key), lw=1.4, label=key, alpha=0.9)
+            for x, y, m in pts:
+                ax.plot([x], [y], m, color=_series_color(key), ms=5)
+        ax.set_xlabel("input resolution  sqrt(H*W)  [px]")
+        ax.set_ylabel(ylab)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower center")
+    fig.suptitle(
+        f"{report.get('model', 'model')}: parity vs input resolution "
+        f"(data: {report.get('data', '?')}; shaded: profiles; o exact, s padded, ^ resized)",
+        fontsize=10, y=1.07,
+    )
+    return _save(fig, path)
+
+
+def _curves(rows: Sequence[Mapping], metric: str, transform=None) -> dict[str, list[tuple[float, float, str]]]:
+    """Series key -> [(side, value, marker)], one point per size (the served bundle row wins)."""
+    marker = {"exact": "o", "pad": "s", "resize": "^"}
+    out: dict[str, dict[float, tuple[float, float, str, bool]]] = {}
+    for r in rows:
+        if metric != "accuracy" and r.get("reference") is None:
+            continue
+        v = r.get(metric)
+        if v is None:
+            continue
+        key = r["series"]
+        pts = out.setdefault(key, {})
+        served = bool(r.get("served"))
+        x = r["side"]
+        if x in pts and pts[x][3] and not served:
+            continue
+        pts[x] = (x, transform(v) if transform else v, marker.get(r.get("action") or "exact", "o"), served)
+    return {k: sorted((x, y, m) for x, y, m, _ in v.values()) for k, v in out.items()}
+
+
+def plot_bench(report: Mapping, path: str | os.PathLike) -> Path:
+    """p50 latency (bars: p90) vs input resolution, one curve per backend/precision, profiles shaded;
+    beside it the speed-up of the bundle over the dynamic ONNX model and over PyTorch eager."""
+    plt = _pyplot()
+    rows = report["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    ax = axes[0]
+    _profile_spans(ax, report.get("profiles", []), _side)
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for r in rows:
+        series.setdefault(r["series"], []).append((r["side"], r["p50_ms"], r["p90_ms"]))
+    for key, pts in series.items():
+        pts.sort()
+        xs, p50, p90 = zip(*pts)
+        color = _series_color(key)
+        ax.plot(xs, p50, "--" if key.startswith("pytorch") else "-", marker="o", ms=4, color=color, label=key)
+        ax.vlines(xs, p50, p90, color=color, alpha=0.5)
+    ax.set_xlabel("input resolution  sqrt(H*W)  [px]")
+    ax.set_ylabel("latency p50 [ms] (line to p90)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    _profile_spans(ax, report.get("profiles", []), _side)
+    for key, label in (("speedup_vs_onnx", "bundle vs dynamic ONNX"), ("speedup_vs_pytorch", "bundle vs PyTorch eager")):
+        pts = sorted((s["side"], s[key]) for s in report.get("sizes", []) if s.get(key))
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", ms=4, label=label, color=_COLORS["onnx" if "ONNX" in label else "pytorch"])
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xlabel("input resolution  sqrt(H*W)  [px]")
+    ax.set_ylabel("speed-up (p50 ratio, >1 = bundle faster)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    threads = report.get("threads")
+    fig.suptitle(
+        f"{report.get('model', 'model')}: latency vs input resolution ({threads} thread(s), "
+        f"{report.get('runs')} runs per size, batch {report.get('batch', 1)})",
+        fontsize=10, y=1.07,
+    )
+    return _save(fig, path)
