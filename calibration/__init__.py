@@ -1,1 +1,32 @@
-"""Calibration data, INT8 (Q/DQ) quantization per profile, calibration caches."""
+"""Calibration data, INT8 (Q/DQ) quantization per resolution profile, calibration caches.
+
+``calibrate(model, profiles, data, output_dir=...)`` calibrates every profile at that profile's own
+sizes; ``calibrate_profile`` does one (the builder's int8/auto hook). See calibration/api.py.
+"""
+
+from mrdeploy.calibration.api import (
+    CalibrationResult,
+    CalibrationSet,
+    ProfileCalibration,
+    calibrate,
+    calibrate_profile,
+    load_data,
+    resolve_profiles,
+)
+from mrdeploy.calibration.cache import load_cache, read_trt_cache
+from mrdeploy.calibration.qdq import TARGETS
+from mrdeploy.calibration.ranges import METHODS
+
+__all__ = [
+    "METHODS",
+    "TARGETS",
+    "CalibrationResult",
+    "CalibrationSet",
+    "ProfileCalibration",
+    "calibrate",
+    "calibrate_profile",
+    "load_cache",
+    "load_data",
+    "read_trt_cache",
+    "resolve_profiles",
+]

@@ -1,0 +1,366 @@
+"""Per-profile INT8 calibration: ranges at the profile's own sizes, Q/DQ model, cache, accuracy budget.
+
+``calibrate_profile`` does one profile (the builder's int8/auto hook calls it); ``calibrate`` does every
+profile of a model into an output directory with a report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mrdeploy._atomic import atomic_dir, atomic_file, write_text_atomic
+from mrdeploy._progress import set_quiet
+from mrdeploy.calibration import graph
+from mrdeploy.calibration.budget import Budget, fit_budget
+from mrdeploy.calibration.cache import sha256_file, write_cache
+from mrdeploy.calibration.evaluate import Scorer, latency, metric_for
+from mrdeploy.calibration.preprocess import eval_sizes, prepare, profile_sizes
+from mrdeploy.calibration.qdq import activation_type, write_qdq
+from mrdeploy.calibration.ranges import METHODS, amax, compute_ranges, to_jsonable
+from mrdeploy.calibration.sources import Item, load_samples, take
+from mrdeploy.errors import CalibrationError
+from mrdeploy.runtime.modelinfo import ModelInfo
+from mrdeploy.runtime.profiles import Profile, check_profile, make_profile, parse_batch, parse_profile
+
+DEFAULT_HELDOUT = 32
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration items, held-out items (never calibrated on) and the data's fingerprint."""
+
+    calib: list[Item]
+    heldout: list[Item]
+    fingerprint: str
+    description: str
+    skipped: list[str] = field(default_factory=list)
+
+
+def load_data(data, samples: int = 64, seed: int = 0, heldout=None, channels: int = 3) -> CalibrationSet:
+    """Load ``samples`` calibration items from ``data`` and the held-out items: ``heldout`` None (up to
+    32 more items of ``data``, if it has them), an int (exactly that many more), or another data source."""
+    if isinstance(data, CalibrationSet):
+        return data
+    if samples < 1:
+        raise CalibrationError(f"--calib-samples must be at least 1, got {samples}")
+    if heldout is None or isinstance(heldout, int):
+        extra = DEFAULT_HELDOUT if heldout is None else heldout
+        loaded = load_samples(data, samples + extra, seed, channels)
+        calib, rest = take(loaded, samples, "calibration")
+        if isinstance(heldout, int) and len(rest) < heldout:
+            raise CalibrationError(f"asked for {samples} calibration + {heldout} held-out samples, but "
+                                   f"{loaded.description} gave only {len(loaded.items)} usable ones")
+        return CalibrationSet(calib, rest[:extra], loaded.fingerprint, loaded.description, loaded.skipped)
+    loaded = load_samples(data, samples, seed, channels)
+    calib, _ = take(loaded, samples, "calibration")
+    held = load_samples(heldout, 10_000, seed + 1, channels)
+    return CalibrationSet(calib, held.items, loaded.fingerprint, loaded.description, loaded.skipped + held.skipped)
+
+
+@dataclass
+class ProfileCalibration:
+    """What calibrating one profile produced and measured."""
+
+    profile: Profile
+    method: str
+    target: str
+    samples: int
+    seed: int
+    sizes: list[str]
+    source_fingerprint: str
+    data_fingerprint: str
+    qdq_path: Path | None = None
+    cache_path: Path | None = None
+    metric: str = "top1"
+    heldout: int = 0
+    drop: float | None = None  # of the final Q/DQ model on held-out samples
+    drop_all_int8: float | None = None  # before any node was kept float for the budget
+    max_drop: float | None = None
+    quantized_nodes: int = 0
+    float_nodes: list[dict] = field(default_factory=list)  # kept float for the budget: group, nodes, cost
+    rule_float_nodes: list[str] = field(default_factory=list)  # kept float by rule (read a Softmax output)
+    precision: str = "int8"
+    measurements: dict | None = None
+    skipped: list[str] = field(default_factory=list)
+    percentile: float | None = None
+
+    def to_dict(self) -> dict:
+        """The manifest's ``calibration`` field for this profile."""
+        return {
+            "method": self.method,
+            "percentile": self.percentile,
+            "target": self.target,
+            "activation_type": "uint8 asymmetric" if self.target == "onnxruntime" else "int8 symmetric",
+            "weight_type": "int8 symmetric per-channel",
+            "samples": self.samples,
+            "seed": self.seed,
+            "sizes": self.sizes,
+            "data_fingerprint": self.data_fingerprint,
+            "source_fingerprint": self.source_fingerprint,
+            "cache": self.cache_path.name if self.cache_path else None,
+            "cache_sha256": sha256_file(self.cache_path) if self.cache_path and self.cache_path.is_file() else None,
+            "metric": self.metric,
+            "heldout": self.heldout,
+            "drop": self.drop,
+            "drop_all_int8": self.drop_all_int8,
+            "max_drop": self.max_drop,
+            "quantized_nodes": self.quantized_nodes,
+            "float_nodes": self.float_nodes,
+            "rule_float_nodes": self.rule_float_nodes,
+            "skipped_files": len(self.skipped),
+        }
+
+
+def _model_and_info(model_path: Path, work: Path) -> tuple[Path, ModelInfo]:
+    """The model to quantize (a copy with every node named, if some were not) and its ModelInfo."""
+    model = graph.load(model_path)
+    info = graph.model_info(model)
+    if graph.ensure_node_names(model):
+        import onnx
+
+        named = work / "named.onnx"
+        onnx.save(model, str(named))
+        return named, info
+    return model_path, info
+
+
+def calibrate_profile(
+    model_path: str | Path,
+    profile: Profile,
+    data,
+    *,
+    qdq_path: str | Path,
+    cache_path: str | Path | None = None,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    samples: int = 64,
+    seed: int = 0,
+    target: str = "onnxruntime",
+    max_drop: float | None = None,
+    heldout=None,
+    size_mode: str = "spread",
+    precision: str = "int8",
+    metric: str | None = None,
+    latency_runs: int = 20,
+    threads: int | None = None,
+    source_fingerprint: str | None = None,
+) -> ProfileCalibration:
+    """Calibrate ``model_path`` for ``profile`` on ``data`` (any source ``load_data`` takes, or a
+    CalibrationSet) and write the Q/DQ model to ``qdq_path`` (and the TensorRT-style cache with its
+    record to ``cache_path``). ``precision="auto"``: also measure FP32 vs INT8 latency at the profile's
+    opt shape and set ``.precision`` to the faster one that meets the budget ("fp32" leaves
+    ``qdq_path`` written but unchosen). Raises CalibrationError when the budget cannot be met."""
+    if method not in METHODS:
+        raise CalibrationError(f"calibration method {method!r}: expected one of {', '.join(METHODS)}")
+    activation_type(target)  # validates target
+    if precision not in ("int8", "auto"):
+        raise CalibrationError(f"calibration precision {precision!r}: expected int8 or auto")
+    if max_drop is not None and not 0 <= max_drop < 1:
+        raise CalibrationError(f"--max-drop must be in [0, 1) (a fraction: 0.01 = 1 point), got {max_drop}")
+    model_path = Path(model_path)
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-calib-") as tmp:
+        work = Path(tmp)
+        src, info = _model_and_info(model_path, work)
+        channels = info.inputs[0].channels if info.inputs else 3
+        cset = load_data(data, samples, seed, heldout, channels)
+        missing = [n for n in profile.inputs if n not in {i.name for i in info.inputs}]
+        if missing:
+            raise CalibrationError(f"profile {profile.name} names inputs {missing} the model does not have "
+                                   f"(model inputs: {[i.name for i in info.inputs]})")
+        inputs = [info.input(n) for n in profile.inputs]
+        divisors = {i.name: i.divisor for i in inputs}
+        sizes = profile_sizes(profile, len(cset.calib), size_mode, seed, divisors)
+
+        def feed(item, size, where):
+            return {i.name: prepare(item, i, size[i.name], where) for i in inputs}
+
+        calib_feeds = [feed(it, sizes[k], f"calibration sample {k}") for k, it in enumerate(cset.calib)]
+        ranges = compute_ranges(src, calib_feeds, method, symmetric=target == "tensorrt",
+                                percentile=percentile, desc=f"calibrating {profile.name}")
+        ranges_json = to_jsonable(ranges)
+        model = graph.load(src)
+        rule_float = graph.softmax_consumers(model)
+        quantizable = [n.name for n in graph.quantizable_nodes(model)]
+        out_name = info.outputs[0].name if info.outputs else model.graph.output[0].name
+        metric = metric or metric_for(info.task)
+
+        def build(exclude: Sequence[str], path: Path) -> Path:
+            return write_qdq(src, path, ranges_json, method, target, exclude=[*rule_float, *exclude])
+
+        candidate = build([], work / "int8.onnx")
+        result = ProfileCalibration(
+            profile=profile, method=method, target=target, samples=len(cset.calib), seed=seed,
+            sizes=sorted({"/".join(f"{h}x{w}" for h, w in s.values()) for s in sizes}, key=_size_key),
+            source_fingerprint=source_fingerprint or sha256_file(model_path), data_fingerprint=cset.fingerprint,
+            metric=metric, max_drop=max_drop, rule_float_nodes=rule_float, skipped=cset.skipped,
+            percentile=percentile if method == "percentile" else None,
+        )
+        if max_drop is not None and not cset.heldout:
+            raise CalibrationError(
+                f"--max-drop needs held-out samples that calibration did not see, but {cset.description} "
+                f"has only the {len(cset.calib)} calibration samples: add data, lower --calib-samples "
+                "or give held-out data")
+        if cset.heldout:
+            held_feeds = [feed(it, s, f"held-out sample {k}") for k, it in enumerate(cset.heldout)
+                          for s in eval_sizes(profile)]
+            scorer = Scorer.make(src, held_feeds, out_name, metric, threads)
+            result.heldout = len(cset.heldout)
+            result.drop_all_int8 = result.drop = scorer.score(candidate)
+            if max_drop is not None and result.drop > max_drop:
+                groups = graph.node_groups(model, [n for n in quantizable if n not in rule_float])
+                fit: Budget = fit_budget(groups, build, scorer.score, result.drop, max_drop, work,
+                                         desc=f"budget {profile.name}", name=profile.name, metric=metric)
+                candidate, result.drop, result.float_nodes = fit.path, fit.drop, fit.float_nodes
+        floated = {n for g in result.float_nodes for n in g["nodes"]} | set(rule_float)
+        result.quantized_nodes = len([n for n in quantizable if n not in floated])
+        if precision == "auto":
+            shape_feed = {i.name: _opt_feed(profile, i.name) for i in inputs}
+            result.measurements = latency(src, candidate, shape_feed, runs=latency_runs, threads=threads)
+            faster = result.measurements["int8_ms"] < result.measurements["fp32_ms"]
+            result.precision = "int8" if faster else "fp32"
+            result.measurements["choice"] = result.precision
+            result.measurements["reason"] = (
+                f"int8 {result.measurements['speedup']:.2f}x fp32 at the opt shape"
+                + ("" if max_drop is None else f", drop {result.drop:.4f} <= {max_drop}")
+            )
+        with atomic_file(qdq_path) as t:
+            shutil.copyfile(candidate, t)
+        result.qdq_path = Path(qdq_path)
+        if cache_path is not None:
+            record = {
+                "profile": profile.to_dict(), "method": method, "percentile": result.percentile,
+                "target": target, "samples": result.samples, "seed": seed, "size_mode": size_mode,
+                "sizes": result.sizes, "source_fingerprint": result.source_fingerprint,
+                "data_fingerprint": result.data_fingerprint, "ranges": ranges_json,
+            }
+            result.cache_path, _ = write_cache(cache_path, amax(ranges), record)
+    return result
+
+
+def _opt_feed(profile: Profile, name: str):
+    import numpy as np
+
+    shape = profile.inputs[name].opt
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def _size_key(text: str):
+    return [int(v) for part in text.split("/") for v in part.split("x")]
+
+
+@dataclass
+class CalibrationResult:
+    """Every profile's calibration, where the files went and the report."""
+
+    profiles: list[ProfileCalibration]
+    output_dir: Path | None
+    model: str
+    source_fingerprint: str
+    data_fingerprint: str
+
+    def report(self) -> dict:
+        return {
+            "model": self.model,
+            "source_fingerprint": self.source_fingerprint,
+            "data_fingerprint": self.data_fingerprint,
+            "profiles": [
+                {"name": p.profile.name, "profile": p.profile.describe(), "precision": p.precision,
+                 "artifact": p.qdq_path.name if p.qdq_path else None, **p.to_dict(),
+                 "measurements": p.measurements}
+                for p in self.profiles
+            ],
+        }
+
+    def table(self) -> str:
+        head = ("profile", "sizes", "method", "samples", "held-out", "metric", "drop", "float nodes", "precision", "int8/fp32 ms")
+        rows = []
+        for p in self.profiles:
+            m = p.measurements
+            rows.append((
+                p.profile.describe(), ",".join(p.sizes[:4]) + ("..." if len(p.sizes) > 4 else ""), p.method,
+                str(p.samples), str(p.heldout), p.metric,
+                "-" if p.drop is None else f"{p.drop:.4f}",
+                str(sum(len(g["nodes"]) for g in p.float_nodes) + len(p.rule_float_nodes)),
+                p.precision, "-" if not m else f"{m['int8_ms']:.2f}/{m['fp32_ms']:.2f}",
+            ))
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+        for p in self.profiles:
+            for g in p.float_nodes:
+                lines.append(f"  {p.profile.name}: kept float {g['group']} ({len(g['nodes'])} nodes): drop "
+                             f"{g['drop_before']:.4f} -> {g['drop_after']:.4f}")
+            if p.rule_float_nodes:
+                lines.append(f"  {p.profile.name}: kept float by rule (read a Softmax output): "
+                             f"{len(p.rule_float_nodes)} nodes")
+        return "\n".join(lines)
+
+
+def resolve_profiles(profiles: Sequence[Profile | str], info: ModelInfo, batch: str | None = None) -> list[Profile]:
+    """Profiles from Profile objects or ``--profile`` strings, checked against the model's constraints."""
+    out = []
+    channels = {i.name: i.channels for i in info.inputs}
+    divisor = {i.name: i.divisor for i in info.inputs}
+    for k, p in enumerate(profiles):
+        if isinstance(p, str):
+            p = make_profile(parse_profile(p), channels, parse_batch(batch), divisor, k)
+        check_profile(p, divisor, {i.name: i.min_size for i in info.inputs if i.min_size},
+                      {i.name: i.max_size for i in info.inputs if i.max_size})
+        out.append(p)
+    names = [p.name for p in out]
+    if len(set(names)) != len(names):
+        raise CalibrationError(f"profile names must be unique, got {names}")
+    return out
+
+
+def calibrate(
+    model_path: str | Path,
+    profiles: Sequence[Profile | str],
+    data,
+    *,
+    output_dir: str | Path,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    samples: int = 64,
+    seed: int = 0,
+    target: str = "onnxruntime",
+    max_drop: float | None = None,
+    heldout=None,
+    quiet: bool = False,
+    size_mode: str = "spread",
+    precision: str = "int8",
+    metric: str | None = None,
+    batch: str | None = None,
+    threads: int | None = None,
+) -> CalibrationResult:
+    """Calibrate every profile; write ``<profile>.onnx`` (Q/DQ), ``<profile>.calib`` (+ ``.calib.json``)
+    and ``report.json`` into ``output_dir``, all or nothing."""
+    if quiet:
+        set_quiet(True)
+    model_path = Path(model_path)
+    info = graph.model_info(graph.load(model_path))
+    resolved = resolve_profiles(profiles, info, batch)
+    if not resolved:
+        raise CalibrationError("no profiles to calibrate: give at least one --profile")
+    channels = info.inputs[0].channels if info.inputs else 3
+    cset = load_data(data, samples, seed, heldout, channels)
+    source_fp = sha256_file(model_path)
+    results = []
+    with atomic_dir(output_dir) as tmp:
+        for p in resolved:
+            results.append(calibrate_profile(
+                model_path, p, cset, qdq_path=tmp / f"{p.name}.onnx", cache_path=tmp / f"{p.name}.calib",
+                method=method, percentile=percentile, samples=samples, seed=seed, target=target,
+                max_drop=max_drop, size_mode=size_mode, precision=precision, metric=metric, threads=threads,
+                source_fingerprint=source_fp,
+            ))
+        result = CalibrationResult(results, Path(output_dir), info.name, source_fp, cset.fingerprint)
+        write_text_atomic(tmp / "report.json", json.dumps(result.report(), indent=1) + "\n")
+        for r in results:  # paths as they will be once the directory is in place
+            r.qdq_path = Path(output_dir) / r.qdq_path.name
+            r.cache_path = Path(output_dir) / r.cache_path.name if r.cache_path else None
+    return result

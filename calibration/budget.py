@@ -1,0 +1,76 @@
+"""The accuracy budget: keep the fewest node blocks in float so the held-out drop meets ``--max-drop``.
+
+Greedy, by measurement: round one re-quantizes the model with each block in turn kept float and scores
+it on the held-out samples; the block whose float-keeping helps most is kept float; later rounds
+re-score the ``BEAM`` most helpful remaining blocks of the previous round (with the blocks already
+chosen kept float) and take the best again, until the budget is met. If every block would have to stay
+float, there is no INT8 model within the budget: CalibrationError, nothing written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mrdeploy._progress import Progress
+from mrdeploy.errors import CalibrationError
+
+BEAM = 6
+
+
+@dataclass
+class Budget:
+    path: Path
+    drop: float
+    float_nodes: list[dict] = field(default_factory=list)
+    evaluations: int = 0
+
+
+def fit_budget(
+    groups: Mapping[str, Sequence[str]],
+    build: Callable[[Sequence[str], Path], Path],
+    score: Callable[[Path], float],
+    drop: float,
+    max_drop: float,
+    work: Path,
+    desc: str = "budget",
+    name: str = "profile",
+    metric: str = "top1",
+) -> Budget:
+    """Keep blocks of ``groups`` (block -> node names) float until ``score`` <= ``max_drop``."""
+    chosen: list[dict] = []
+    excluded: list[str] = []
+    remaining = list(groups)
+    ranking: list[str] = list(remaining)
+    evaluations = 0
+    best_path: Path | None = None
+    with Progress(None, desc) as bar:
+        while drop > max_drop:
+            if len(remaining) <= 1:
+                detail = (f"even with {len(chosen)} of {len(groups)} node blocks kept float the drop is {drop:.4f}"
+                          if chosen else f"the drop with every node in INT8 is {drop:.4f}")
+                raise CalibrationError(
+                    f"profile {name}: --max-drop {max_drop} ({metric}) cannot be met by any INT8 model: {detail}, "
+                    f"and keeping the last block ({', '.join(remaining) or 'none'}) float too leaves no INT8 node; "
+                    "raise --max-drop, calibrate with more or other data, or build this profile in fp32"
+                )
+            to_try = remaining if not chosen else [g for g in ranking if g in remaining][:BEAM]
+            scores, paths = {}, {}
+            for g in to_try:
+                path = work / f"budget_{evaluations}.onnx"
+                build([*excluded, *groups[g]], path)
+                scores[g], paths[g] = score(path), path
+                evaluations += 1
+                bar.update(1, note=f"{g}: {scores[g]:.4f}")
+                if scores[g] <= max_drop:
+                    break  # good enough: the first block that meets the budget ends the round
+            best = min(scores, key=lambda g: (scores[g], len(groups[g])))
+            ranking = sorted(scores, key=scores.get) + [g for g in ranking if g not in scores]
+            chosen.append({"group": best, "nodes": list(groups[best]), "drop_before": drop,
+                           "drop_after": scores[best], "cost_saved": round(drop - scores[best], 6)})
+            excluded.extend(groups[best])
+            remaining.remove(best)
+            drop = scores[best]
+            best_path = paths[best]
+    return Budget(best_path, drop, chosen, evaluations)

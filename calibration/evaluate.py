@@ -1,0 +1,111 @@
+"""Accuracy of a quantized model against FP32 on held-out samples, and FP32 vs INT8 latency.
+
+Metrics (the *drop* is what ``--max-drop`` bounds):
+
+- ``top1``: classification, the fraction of held-out (sample, size) pairs whose INT8 top-1 class
+  differs from FP32's (drop = 1 - agreement);
+- ``pixel``: segmentation, 1 - the fraction of pixels whose INT8 argmax class agrees with FP32's;
+- ``cosine``: anything else, 1 - the mean cosine similarity of INT8 and FP32 outputs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mrdeploy.calibration.preprocess import group_by_shape, stack
+from mrdeploy.errors import CalibrationError
+
+METRICS = ("top1", "pixel", "cosine")
+BATCH = 16
+
+
+def metric_for(task: str) -> str:
+    return {"classification": "top1", "segmentation": "pixel"}.get(task, "cosine")
+
+
+def session(path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_batches(sess, feeds: Sequence[dict[str, np.ndarray]], output: str) -> list[np.ndarray]:
+    """Run per-sample feeds grouped by shape in batches; returns per-shape-group outputs in group order."""
+    outs = []
+    for group in group_by_shape(feeds):
+        parts = [sess.run([output], stack(group[i:i + BATCH]))[0] for i in range(0, len(group), BATCH)]
+        outs.append(np.concatenate(parts))
+    return outs
+
+
+def drop(metric: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
+    """The drop (0 = identical) of ``got`` against ``ref`` under ``metric``."""
+    if metric == "top1":
+        agree = [np.argmax(r, axis=1) == np.argmax(g, axis=1) for r, g in zip(ref, got)]
+        return float(1 - np.concatenate(agree).mean())
+    if metric == "pixel":
+        agree = [(np.argmax(r, axis=1) == np.argmax(g, axis=1)).reshape(len(r), -1).mean(1) for r, g in zip(ref, got)]
+        return float(1 - np.concatenate(agree).mean())
+    if metric == "cosine":
+        cos = []
+        for r, g in zip(ref, got):
+            r2, g2 = r.reshape(len(r), -1).astype(np.float64), g.reshape(len(g), -1).astype(np.float64)
+            den = np.linalg.norm(r2, axis=1) * np.linalg.norm(g2, axis=1)
+            cos.append(np.where(den > 0, (r2 * g2).sum(1) / np.maximum(den, 1e-30), 1.0))
+        return float(1 - np.concatenate(cos).mean())
+    raise CalibrationError(f"accuracy metric {metric!r}: expected one of {', '.join(METRICS)}")
+
+
+@dataclass
+class Scorer:
+    """FP32 reference outputs on held-out feeds, computed once; ``score(path)`` -> drop of a Q/DQ model."""
+
+    feeds: list[dict[str, np.ndarray]]
+    output: str
+    metric: str
+    reference: list[np.ndarray]
+    threads: int | None = None
+
+    @classmethod
+    def make(cls, fp32_path, feeds, output: str, metric: str, threads: int | None = None) -> Scorer:
+        ref = run_batches(session(fp32_path, threads), feeds, output)
+        return cls(list(feeds), output, metric, ref, threads)
+
+    def score(self, path: str | Path) -> float:
+        return drop(self.metric, self.reference, run_batches(session(path, self.threads), self.feeds, self.output))
+
+
+def latency(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    feed: dict[str, np.ndarray],
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> dict:
+    """Median latency (ms) of FP32 and INT8 on ``feed``, measured side by side (runs alternate)."""
+    sessions = {"fp32": session(fp32_path, threads), "int8": session(int8_path, threads)}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(warmup):
+        for s in sessions.values():
+            s.run(None, feed)
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    fp32, int8 = statistics.median(times["fp32"]), statistics.median(times["int8"])
+    shape = {k: list(v.shape) for k, v in feed.items()}
+    return {"fp32_ms": round(fp32, 4), "int8_ms": round(int8, 4), "speedup": round(fp32 / int8, 3),
+            "runs": runs, "shape": shape, "threads": threads}

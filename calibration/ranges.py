@@ -1,0 +1,113 @@
+"""Activation ranges per calibration method, over samples of mixed sizes.
+
+ONNX Runtime's histogram calibrators (entropy, percentile) stack every collected tensor into one array,
+so a run that mixes input sizes fails. We create one calibrator (one augmented model), feed it one
+shape group at a time in small batches, and let its collector merge ranges and histograms across
+calls; then ``compute_data`` gives the method's ranges over all sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mrdeploy._progress import Progress
+from mrdeploy.calibration.preprocess import group_by_shape, stack
+from mrdeploy.errors import CalibrationError
+
+METHODS = ("minmax", "entropy", "percentile")
+CHUNK = 8  # samples per collect call: histogram calibrators keep every intermediate tensor of a call
+
+
+class _Reader:
+    """A CalibrationDataReader over a list of batch feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    try:
+        return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile}[method]
+    except KeyError:
+        raise CalibrationError(f"calibration method {method!r}: expected one of {', '.join(METHODS)}") from None
+
+
+def compute_ranges(
+    model_path: str | Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    method: str = "minmax",
+    op_types: Sequence[str] = ("Conv", "MatMul", "Gemm"),
+    symmetric: bool = False,
+    percentile: float = 99.99,
+    desc: str = "calibrating",
+):
+    """Ranges (onnxruntime TensorsData) of the inputs/outputs of ``op_types`` nodes over ``feeds``
+    (per-sample dicts of C, H, W arrays; sizes may differ)."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    if not 0 < percentile <= 100:
+        raise CalibrationError(f"--percentile must be in (0, 100], got {percentile}")
+    extra = {"symmetric": symmetric}
+    if method == "percentile":
+        extra["percentile"] = percentile
+    groups = group_by_shape(feeds)
+    chunks = [stack(g[i:i + CHUNK]) for g in groups for i in range(0, len(g), CHUNK)]
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-calib-") as tmp:
+        calibrator = create_calibrator(
+            Path(model_path), list(op_types), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=ort_method(method), extra_options=extra,
+        )
+        try:
+            with Progress(len(chunks), desc) as bar, _quiet_ort():
+                for chunk in chunks:
+                    calibrator.collect_data(_Reader([chunk]))
+                    shape = next(iter(chunk.values())).shape
+                    bar.update(1, note=f"{shape[-2]}x{shape[-1]}")
+                with _quiet_ort():
+                    ranges = calibrator.compute_data()
+        finally:
+            del calibrator
+    return ranges
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """ORT's collectors print to stdout and log warnings; keep the CLI's output ours."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def amax(ranges) -> dict[str, float]:
+    """Symmetric absolute maximum per tensor (what a TensorRT calibration cache stores, as amax/127)."""
+    out = {}
+    for name, td in ranges.data.items():
+        lo, hi = (np.asarray(v, dtype=np.float64) for v in td.range_value)
+        out[name] = float(max(np.abs(lo).max(), np.abs(hi).max()))
+    return out
+
+
+def to_jsonable(ranges) -> dict[str, list[float]]:
+    out = {}
+    for name, td in ranges.data.items():
+        lo, hi = (np.asarray(v, dtype=np.float64) for v in td.range_value)
+        out[name] = [float(lo.min()), float(hi.max())]
+    return out

@@ -1,0 +1,59 @@
+"""``mrdeploy calibrate``: per-profile INT8 (Q/DQ models, calibration caches, a report), no bundle."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("calibrate")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--profile", "profiles", multiple=True, required=True,
+              help="Resolution profile, e.g. small=96-160@128 (repeat for several).")
+@click.option("--batch", default=None, help="Batch range for every profile, e.g. 1-8@1 (default 1).")
+@click.option("--calib-data", "data", required=True,
+              help="Calibration data: a folder of JPEG/PNG images (recursive), a .npy/.npz file, or module:callable.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
+              help="Output directory (replaced whole, only on success).")
+@click.option("--calib-method", "method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--calib-samples", "samples", type=int, default=64, show_default=True,
+              help="Calibration samples per profile (each resized to sizes inside the profile).")
+@click.option("--heldout", type=int, default=None,
+              help="Held-out samples (more items of --calib-data, never calibrated on) for the accuracy check "
+                   "[default: up to 32].")
+@click.option("--max-drop", type=float, default=None,
+              help="Accuracy budget per profile as a fraction (0.01 = 1 point of top-1 agreement with FP32); "
+                   "blocks that break it stay float.")
+@click.option("--metric", type=click.Choice(["top1", "pixel", "cosine"]), default=None,
+              help="Budget metric [default: top1 for classification, pixel for segmentation, else cosine].")
+@click.option("--target", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="Backend the Q/DQ model is for: onnxruntime = uint8 asymmetric activations, "
+                   "tensorrt = int8 symmetric activations.")
+@click.option("--sizes", "size_mode", type=click.Choice(["spread", "opt", "random"]), default="spread",
+              show_default=True, help="Sizes each sample is resized to inside the profile.")
+@click.option("--precision", type=click.Choice(["int8", "auto"]), default="int8", show_default=True,
+              help="auto: also time FP32 vs INT8 per profile and report the faster that meets the budget.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads for evaluation and timing.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+def command(model, profiles, batch, data, output, method, percentile, samples, heldout, max_drop, metric, target,
+            size_mode, precision, threads, seed, as_json) -> None:
+    """Calibrate MODEL.onnx for INT8 per resolution profile, at each profile's own sizes."""
+    import json
+
+    from mrdeploy.calibration import calibrate
+
+    result = calibrate(
+        model, list(profiles), data, output_dir=output, method=method, percentile=percentile, samples=samples,
+        seed=seed, target=target, max_drop=max_drop, heldout=heldout, size_mode=size_mode, precision=precision,
+        metric=metric, batch=batch, threads=threads,
+    )
+    if as_json:
+        click.echo(json.dumps(result.report(), indent=1))
+        return
+    click.echo(result.table())
+    skipped = max((len(p.skipped) for p in result.profiles), default=0)
+    if skipped:
+        click.echo(f"skipped {skipped} unreadable file(s) in {data}", err=True)
+    click.echo(f"wrote {len(result.profiles)} Q/DQ model(s), calibration caches and report.json to {output}")
