@@ -179,6 +179,28 @@ class Runner:
         latency = (time.perf_counter() - start) * 1e3 - load_ms
         return outs, RunInfo(decision, latency, load_ms)
 
+    def run_profile(self, name: str, inputs) -> dict[str, np.ndarray]:
+        """Run the named profile directly, bypassing selection (parity checks, benchmarks). The inputs
+        must already fit the profile's range: nothing is padded or resized."""
+        if self._closed:
+            raise MrdeployError(f"runner for {self.bundle_dir} is closed")
+        if name not in self._by_name:
+            raise InputError(f"no profile {name!r}; this runner serves {', '.join(self._by_name)}")
+        arrays = self._check_inputs(inputs)
+        profile = self._by_name[name].profile
+        shapes = {n: a.shape for n, a in arrays.items()}
+        if not profile.contains(shapes):
+            got = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in shapes.items())
+            raise InputError(f"profile {profile.describe()} does not contain the input ({got})")
+        engine, _ = self._acquire(name)
+        try:
+            return engine.run({
+                n: (a if a.dtype == engine.input_dtypes.get(n, a.dtype) else a.astype(engine.input_dtypes[n]))
+                for n, a in arrays.items()
+            })
+        finally:
+            self._release(name)
+
     def warmup(self) -> dict[str, float]:
         """Run every profile once at its opt shape (zeros); returns the milliseconds per profile
         (including the engine load). With ``max_loaded`` smaller than the profile count, earlier

@@ -114,6 +114,16 @@ def test_exact_matches_model(cls_bundle, cls_runner):
     assert cls_runner.last_decision.action == "exact"
 
 
+def test_run_profile_bypasses_selection(cls_bundle, cls_runner):
+    x = rand(1, 3, 100, 100)
+    ref = ort_run(cls_bundle / "model.onnx", {"input": x})["logits"]
+    np.testing.assert_array_equal(cls_runner.run_profile("large", x)["logits"], ref)
+    with pytest.raises(InputError, match=r"profile small=32-64@48 does not contain the input \(input 1x3x100x100\)"):
+        cls_runner.run_profile("small", x)
+    with pytest.raises(InputError, match="no profile 'huge'; this runner serves small, large, s224"):
+        cls_runner.run_profile("huge", x)
+
+
 def test_pad_then_crop_equals_model_on_padded_input(seg_bundle):
     x = rand(1, 3, 50, 75, seed=3)
     with rt.load(seg_bundle) as r:
