@@ -1,0 +1,327 @@
+"""``build_engine``: an ONNX model and resolution profiles in, a bundle (one engine per profile) out.
+
+The bundle is written inside ``atomic_dir(output)``: a failure at any profile (a bad profile, a
+specialized model that does not match the source, a TensorRT parser error) leaves no bundle and leaves
+an existing one untouched. Layout and manifest: docs/bundle.md (``mrdeploy.runtime.manifest``).
+
+Backends:
+
+- ``onnxruntime``: per profile, the source model specialized to it (:mod:`.specialize`), checked
+  against the source at min/opt/max, saved as ``profiles/<name>.onnx``; fp16 casts it
+  (:mod:`.fp16`, checked with fp16 tolerances).
+- ``tensorrt``: per profile, a serialized engine ``profiles/<name>.plan`` built from the specialized
+  model (:mod:`.tensorrt_build`) with one timing cache for the whole build (``profiles/timing.cache``).
+
+precision ``int8`` / ``auto`` goes through :func:`_quantize_profile`, the calibration hook.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mrdeploy._atomic import atomic_dir, atomic_file
+from mrdeploy._progress import Progress
+from mrdeploy.errors import CalibrationError, ExportError
+from mrdeploy.exporter.onnx_model import SourceModel, read_model
+from mrdeploy.exporter.resolve import resolve_profiles
+from mrdeploy.runtime.profiles import Profile, ProfileSpec
+
+BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8", "auto")
+POLICIES = ("pad", "resize", "error")
+# the check of a specialized model against its source, per precision: (atol, rtol, min cosine)
+TOLERANCES = {"fp32": (1e-4, 1e-3, 0.9999), "fp16": (1e-2, 2e-2, 0.999)}
+
+
+@dataclass
+class ProfileReport:
+    """One row of the build table."""
+
+    name: str
+    describe: str
+    backend: str
+    precision: str
+    nodes_before: int
+    nodes_after: int
+    max_abs: float | None  # worst check error (None: not checked here, e.g. tensorrt without a GPU run)
+    min_cosine: float | None
+    seconds: float
+    artifact: str
+    shape_ops_left: int = 0
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    profiles: list[ProfileReport] = field(default_factory=list)
+    check_rows: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        head = (
+            f"{'profile':<18} {'min / opt / max':<34} {'backend':<11} {'prec':<5} {'nodes':>11} "
+            f"{'check err':>10} {'cosine':>9} {'time':>7}"
+        )
+        lines = [head]
+        for r in self.profiles:
+            err = "-" if r.max_abs is None else f"{r.max_abs:.2e}"
+            cos = "-" if r.min_cosine is None else f"{r.min_cosine:.6f}"
+            lines.append(
+                f"{r.name:<18} {r.describe:<34} {r.backend:<11} {r.precision:<5} "
+                f"{r.nodes_before:>4} -> {r.nodes_after:<4} {err:>10} {cos:>9} {r.seconds:>6.1f}s"
+            )
+        return "\n".join(lines)
+
+
+def _shapes_text(profile: Profile) -> str:
+    parts = []
+    for r in profile.inputs.values():
+        hw = ["x".join(map(str, s[-2:])) for s in (r.min, r.opt, r.max)]
+        text = hw[0] if hw[0] == hw[2] else " / ".join(hw)
+        if r.min[0] != r.max[0]:
+            text += f" b{r.min[0]}-{r.max[0]}"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def _quantize_profile(
+    source: SourceModel,
+    model,
+    profile: Profile,
+    *,
+    precision: str,
+    backend: str,
+    calib_data: str | os.PathLike | None,
+    calib_method: str | None,
+    calib_samples: int | None,
+    max_drop: float | None,
+    workdir: Path,
+):
+    """THE hook for precision ``int8`` / ``auto`` (filled by the calibration helper).
+
+    Gets the fp32 model specialized to ``profile`` and returns ``(model, precision, calibration,
+    measurements, cache_bytes)``: the quantized (Q/DQ) model to save or build, the precision actually
+    chosen (``auto`` may keep fp32/fp16), the manifest's ``calibration`` dict (method, samples,
+    data_fingerprint, source_fingerprint, float_nodes, ...; ``cache``/``cache_sha256`` are filled by the
+    builder when ``cache_bytes`` is given: written as ``profiles/<name>.calib``) and ``measurements``.
+    """
+    raise CalibrationError(
+        f"precision {precision!r} needs INT8 calibration, which build-engine does not do yet; "
+        "build with --precision fp32 or fp16 (use `mrdeploy calibrate` for per-profile Q/DQ models)"
+    )
+
+
+def _check(kind: str, ok_rows: list, profile: Profile, table: str) -> None:
+    if not all(r.ok for r in ok_rows):
+        raise ExportError(
+            f"profile {profile.name!r}: the {kind} model does not match the source ONNX model; no bundle written\n"
+            + table
+        )
+
+
+def build_bundle(
+    model_path: str | os.PathLike,
+    output: str | os.PathLike,
+    profiles: Sequence[str | ProfileSpec | Profile] = (),
+    *,
+    profiles_file: str | os.PathLike | None = None,
+    batch: str | tuple[int, int, int] | None = None,
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
+    policy: str = "pad",
+    divisor: int | None = None,
+    spatial_outputs: Sequence[str] | None = None,
+    mean: Sequence[float] | str | None = None,
+    std: Sequence[float] | str | None = None,
+    min_size=None,
+    max_size=None,
+    threads: int | None = None,
+    workspace: int | None = None,
+    timing_cache: str | os.PathLike | None = None,
+    hardware_compatible: bool = False,
+    calib_data: str | os.PathLike | None = None,
+    calib_method: str | None = "entropy",
+    calib_samples: int | None = None,
+    max_drop: float | None = None,
+    quiet: bool = False,
+) -> BuildResult:
+    """Build the bundle and return it with the per-profile report (see :func:`build_engine`)."""
+    if backend not in BACKENDS:
+        raise ExportError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if policy not in POLICIES:
+        raise ExportError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    trt_builder = None
+    if backend == "tensorrt":
+        from mrdeploy.exporter.tensorrt_build import TensorRTBuilder
+
+        cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else None
+        trt_builder = TensorRTBuilder(  # BackendUnavailable here, before any work, without TensorRT/GPU
+            workspace_mib=workspace, timing_cache=cache_bytes, hardware_compatible=hardware_compatible
+        )
+    source = read_model(
+        model_path, divisor=divisor, spatial_outputs=spatial_outputs, mean=mean, std=std,
+        min_size=min_size, max_size=max_size,
+    )
+    resolved = resolve_profiles(source, profiles, batch=batch, profiles_file=profiles_file)
+
+    import onnx
+
+    from mrdeploy.exporter.specialize import (
+        check_specialized,
+        cpu_session,
+        format_check_table,
+        session_settings,
+        specialize,
+    )
+    from mrdeploy.runtime.manifest import FORMAT_VERSION, Manifest, ProfileEntry, sha256_file
+
+    output = Path(output)
+    result = BuildResult(path=output)
+    src_session = cpu_session(source.proto, threads or 1) if backend == "onnxruntime" else None
+    entries = []
+    show = None if not quiet else False
+    with atomic_dir(output) as tmp:
+        (tmp / "profiles").mkdir()
+        shutil.copyfile(source.path, tmp / "model.onnx")
+        with Progress(len(resolved), f"building {len(resolved)} profiles ({backend})", show=show) as bar:
+            for profile in resolved:
+                bar.update(0, note=profile.name)
+                start = time.perf_counter()
+                spec = specialize(source.proto, profile)
+                model, prec, calibration, measurements, calib_cache = spec.model, precision, None, None, None
+                if precision in ("int8", "auto"):
+                    model, prec, calibration, measurements, calib_cache = _quantize_profile(
+                        source, spec.model, profile, precision=precision, backend=backend,
+                        calib_data=calib_data, calib_method=calib_method, calib_samples=calib_samples,
+                        max_drop=max_drop, workdir=tmp,
+                    )
+                max_abs = min_cos = None
+                if backend == "onnxruntime":
+                    if prec == "fp16":
+                        from mrdeploy.exporter.fp16 import convert_to_fp16
+
+                        model = convert_to_fp16(model)
+                    atol, rtol, min_c = TOLERANCES.get(prec, (5e-2, 5e-2, 0.99))
+                    rows = check_specialized(
+                        src_session, model, profile, atol=atol, rtol=rtol, min_cosine=min_c, threads=threads or 1
+                    )
+                    result.check_rows.extend(rows)
+                    _check(f"{prec} specialized", rows, profile, format_check_table(rows))
+                    max_abs = max(r.max_abs for r in rows)
+                    min_cos = min(r.cosine for r in rows)
+                    artifact = f"profiles/{profile.name}.onnx"
+                    onnx.save(model, str(tmp / artifact))
+                    options = session_settings(profile, threads)
+                    options["check"] = {"max_abs": max_abs, "min_cosine": min_cos, "atol": atol, "rtol": rtol}
+                else:
+                    engine = trt_builder.build(model, profile, prec)
+                    artifact = f"profiles/{profile.name}.plan"
+                    (tmp / artifact).write_bytes(engine.plan)
+                    options = dict(engine.options)
+                    result.notes.extend(f"{profile.name}: {n}" for n in engine.notes)
+                options.update(
+                    optimizer=spec.optimizer,
+                    nodes={"source": spec.nodes_before, "specialized": spec.nodes_after},
+                )
+                if calibration is not None and calib_cache is not None:
+                    cache_name = f"profiles/{profile.name}.calib"
+                    (tmp / cache_name).write_bytes(calib_cache)
+                    calibration = {**calibration, "cache": cache_name, "cache_sha256": sha256_file(tmp / cache_name)}
+                entries.append(
+                    ProfileEntry(
+                        profile=profile, backend=backend, precision=prec, artifact=artifact,
+                        sha256=sha256_file(tmp / artifact), options=options,
+                        calibration=calibration, measurements=measurements,
+                    )
+                )
+                result.profiles.append(
+                    ProfileReport(
+                        profile.name, _shapes_text(profile), backend, prec, spec.nodes_before, spec.nodes_after,
+                        max_abs, min_cos, time.perf_counter() - start, artifact, spec.shape_ops_left,
+                    )
+                )
+                bar.update(1, note=profile.name)
+        build = _build_info(trt_builder)
+        if trt_builder is not None:
+            cache = trt_builder.serialized_timing_cache()
+            (tmp / "profiles" / "timing.cache").write_bytes(cache)
+            build["timing_cache"] = {"artifact": "profiles/timing.cache", "sha256": sha256_file(tmp / "profiles/timing.cache")}
+            if timing_cache:
+                with atomic_file(timing_cache) as t:  # like trtexec --timingCacheFile: read, then updated
+                    t.write_bytes(cache)
+        manifest = Manifest(
+            model=source.info,
+            source={"artifact": "model.onnx", "sha256": sha256_file(tmp / "model.onnx")},
+            policy=policy,
+            profiles=entries,
+            build=build,
+            format_version=FORMAT_VERSION,
+        )
+        manifest.write(tmp)
+    return result
+
+
+def _build_info(trt_builder) -> dict:
+    import onnx
+    import onnxruntime
+
+    from mrdeploy import __version__
+
+    return {
+        "mrdeploy": __version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "tensorrt": trt_builder.version if trt_builder else None,
+        "gpu": trt_builder.gpu if trt_builder else None,
+        "compute_capability": trt_builder.compute_capability if trt_builder else None,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def build_engine(
+    model_path: str | os.PathLike,
+    output: str | os.PathLike,
+    profiles: Sequence[str | ProfileSpec | Profile] = (),
+    *,
+    profiles_file: str | os.PathLike | None = None,
+    batch: str | tuple[int, int, int] | None = None,
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
+    policy: str = "pad",
+    divisor: int | None = None,
+    spatial_outputs: Sequence[str] | None = None,
+    mean: Sequence[float] | str | None = None,
+    std: Sequence[float] | str | None = None,
+    min_size=None,
+    max_size=None,
+    threads: int | None = None,
+    workspace: int | None = None,
+    timing_cache: str | os.PathLike | None = None,
+    hardware_compatible: bool = False,
+    calib_data: str | os.PathLike | None = None,
+    calib_method: str | None = "entropy",
+    calib_samples: int | None = None,
+    max_drop: float | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Build a bundle from ``model_path`` with one engine per profile; returns the bundle's path.
+
+    ``profiles``: ``--profile`` strings (``224``, ``256x192``, ``96-160@128``, ``192x256-384x512@288x384``,
+    ``name=...``, ``input:spec,input:spec``), ProfileSpecs or Profiles. Keywords: ``profiles_file``,
+    ``batch`` ("1-8@1"), ``backend`` ("onnxruntime" | "tensorrt"), ``precision`` ("fp32" | "fp16" |
+    "int8" | "auto"), ``policy`` ("pad" | "resize" | "error"), model facts for models without mrdeploy
+    metadata (``divisor``, ``spatial_outputs``, ``mean``, ``std``, ``min_size``, ``max_size``),
+    ``threads`` (ONNX Runtime intra-op threads recorded in the bundle), tensorrt's ``workspace`` (MiB),
+    ``timing_cache`` (file read before and updated after the build) and ``hardware_compatible``, and the
+    calibration pass-through (``calib_data``, ``calib_method``, ``calib_samples``, ``max_drop``), ``quiet``.
+    """
+    kwargs = dict(locals())
+    return build_bundle(kwargs.pop("model_path"), kwargs.pop("output"), kwargs.pop("profiles"), **kwargs).path

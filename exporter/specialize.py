@@ -1,0 +1,272 @@
+"""The onnxruntime backend's artifact: the source model specialized to one profile, and its check.
+
+Specializing fixes every input dim the profile fixes (a static profile: all of them; a ranged profile:
+batch when its range is one value, and channels), clears the stale intermediate shapes, then runs shape
+inference and constant folding (onnxslim; the onnxscript optimizer if onnxslim fails) so that shape
+arithmetic disappears: for a static profile Shape/Gather/Concat chains fold to constants and a ViT's
+resampled position embedding becomes one constant tensor. ``onnx.checker`` checks the result.
+
+``check_specialized`` runs the source and the specialized model side by side (ONNX Runtime, CPU) on the
+same random inputs at the profile's min, opt and max, and reports max abs error and cosine per output.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mrdeploy.errors import ExportError
+from mrdeploy.runtime.profiles import Profile
+
+SHAPE_OPS = ("Shape", "Size")
+
+
+@dataclass
+class CheckRow:
+    profile: str
+    point: str  # "min" | "opt" | "max"
+    shapes: dict[str, tuple[int, ...]]
+    output: str
+    max_abs: float
+    cosine: float
+    ok: bool
+    note: str = ""
+
+
+@dataclass
+class Specialized:
+    profile: Profile
+    model: object  # onnx.ModelProto
+    nodes_before: int
+    nodes_after: int
+    optimizer: str
+    seconds: float
+    ops: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def shape_ops_left(self) -> int:
+        return sum(self.ops.get(op, 0) for op in SHAPE_OPS)
+
+
+def _copy(model):
+    import onnx
+
+    return onnx.ModelProto.FromString(model.SerializeToString())
+
+
+def fix_input_dims(model, profile: Profile):
+    """A copy of ``model`` whose inputs have every dim fixed that the profile fixes (min == max)."""
+    m = _copy(model)
+    fixed_symbols: dict[str, int] = {}
+    for vi in m.graph.input:
+        r = profile.inputs.get(vi.name)
+        if r is None:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(r.min):
+            raise ExportError(
+                f"profile {profile.name!r}: input {vi.name!r} has rank {len(dims)} in the model, "
+                f"the profile gives rank-{len(r.min)} shapes"
+            )
+        for d, lo, hi in zip(dims, r.min, r.max):
+            if lo == hi:
+                if d.HasField("dim_param") and d.dim_param:
+                    fixed_symbols[d.dim_param] = lo
+                d.Clear()
+                d.dim_value = int(lo)
+    # intermediate shapes recorded for the dynamic model are stale now: let inference redo them
+    del m.graph.value_info[:]
+    for vo in m.graph.output:
+        for d in vo.type.tensor_type.shape.dim:
+            if d.HasField("dim_param"):
+                if d.dim_param in fixed_symbols:
+                    value = fixed_symbols[d.dim_param]
+                    d.Clear()
+                    d.dim_value = value
+                else:
+                    d.Clear()
+    return m
+
+
+def _fold(model, profile: Profile) -> tuple[object, str]:
+    errors = []
+    try:
+        import onnxslim
+
+        return onnxslim.slim(model), "onnxslim"
+    except Exception as e:  # onnxslim raises plain Exceptions
+        errors.append(f"onnxslim: {type(e).__name__}: {str(e)[:200]}")
+    try:
+        import onnx
+        import onnxscript.optimizer
+
+        m = onnxscript.optimizer.optimize(model)
+        return onnx.shape_inference.infer_shapes(m, data_prop=True), "onnxscript"
+    except Exception as e:
+        errors.append(f"onnxscript: {type(e).__name__}: {str(e)[:200]}")
+    raise ExportError(f"profile {profile.name!r}: constant folding failed ({'; '.join(errors)})")
+
+
+def specialize(model, profile: Profile) -> Specialized:
+    """The source model specialized to ``profile``: dims fixed, shape arithmetic folded, checked."""
+    import onnx
+
+    start = time.perf_counter()
+    fixed = fix_input_dims(model, profile)
+    out, optimizer = _fold(fixed, profile)
+    # keep what the source says about itself (mrdeploy metadata, producer, doc)
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    out.doc_string = model.doc_string
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except Exception as e:
+        raise ExportError(
+            f"profile {profile.name!r}: the specialized model fails onnx.checker: {str(e).strip()[:300]}"
+        ) from None
+    ops = collections.Counter(n.op_type for n in out.graph.node)
+    return Specialized(
+        profile=profile,
+        model=out,
+        nodes_before=len(model.graph.node),
+        nodes_after=len(out.graph.node),
+        optimizer=optimizer,
+        seconds=time.perf_counter() - start,
+        ops=dict(ops),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ check
+
+
+def cpu_session(model_or_path, threads: int | None = 1):
+    """An ONNX Runtime CPU session (errors only in the log)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    src = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
+    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def check_points(profile: Profile) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
+    """(label, shapes) at min, opt and max; identical points (a static profile) are checked once."""
+    out, seen = [], set()
+    for label in ("min", "opt", "max"):
+        shapes = {name: tuple(getattr(r, label)) for name, r in profile.inputs.items()}
+        key = tuple(sorted(shapes.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((label, shapes))
+    return out
+
+
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def random_feeds(session, shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in session.get_inputs():
+        dtype = _NP_TYPES.get(i.type, np.float32)
+        feeds[i.name] = rng.standard_normal(tuple(shapes[i.name])).astype(dtype)
+    return feeds
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """(max abs error, cosine similarity) of two arrays of the same shape."""
+    a = np.asarray(ref, dtype=np.float64).ravel()
+    b = np.asarray(got, dtype=np.float64).ravel()
+    max_abs = float(np.max(np.abs(a - b))) if a.size else 0.0
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        cos = 1.0
+    elif na == 0.0 or nb == 0.0:
+        cos = 0.0
+    else:
+        cos = float(a @ b / (na * nb))
+    return max_abs, cos
+
+
+def check_specialized(
+    source_session,
+    candidate,
+    profile: Profile,
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    min_cosine: float = 0.9999,
+    threads: int | None = 1,
+    seed: int = 0,
+) -> list[CheckRow]:
+    """Compare ``candidate`` (a ModelProto, path or session) with the source on random inputs at the
+    profile's min/opt/max. A row is ok when max abs err <= atol + rtol * max|ref| and cosine >= min_cosine."""
+    session = candidate if hasattr(candidate, "run") else cpu_session(candidate, threads)
+    names = [o.name for o in source_session.get_outputs()]
+    rows: list[CheckRow] = []
+    for label, shapes in check_points(profile):
+        feeds = random_feeds(source_session, shapes, seed)
+        ref = source_session.run(names, feeds)
+        try:
+            got = session.run(names, feeds)
+        except Exception as e:
+            for n in names:
+                rows.append(CheckRow(profile.name, label, shapes, n, float("inf"), 0.0, False, f"run failed: {str(e)[:160]}"))
+            continue
+        for n, r, g in zip(names, ref, got):
+            if r.shape != g.shape:
+                rows.append(
+                    CheckRow(profile.name, label, shapes, n, float("inf"), 0.0, False, f"shape {g.shape} != {r.shape}")
+                )
+                continue
+            max_abs, cos = compare(r, g)
+            scale = float(np.max(np.abs(r))) if r.size else 0.0
+            ok = bool(np.isfinite(max_abs) and max_abs <= atol + rtol * scale and cos >= min_cosine)
+            rows.append(CheckRow(profile.name, label, shapes, n, max_abs, cos, ok))
+    return rows
+
+
+def format_check_table(rows: Sequence[CheckRow]) -> str:
+    lines = [f"{'profile':<16} {'at':<4} {'shape':<20} {'output':<14} {'max abs err':>12} {'cosine':>10}  ok"]
+    for r in rows:
+        shape = ",".join("x".join(map(str, s)) for s in r.shapes.values())
+        lines.append(
+            f"{r.profile:<16} {r.point:<4} {shape:<20} {r.output:<14} {r.max_abs:>12.3g} {r.cosine:>10.6f}  "
+            + ("yes" if r.ok else "NO " + r.note)
+        )
+    return "\n".join(lines)
+
+
+def session_settings(profile: Profile, threads: int | None) -> dict:
+    """What the manifest records for an onnxruntime profile: session settings, and provider options for
+    the GPU execution providers installed here (the TensorRT provider's profile shapes come from the
+    profile)."""
+    import onnxruntime as ort
+
+    options: dict = {
+        "session": {
+            "intra_op_num_threads": int(threads) if threads else 0,
+            "graph_optimization_level": "all",
+        }
+    }
+    available = ort.get_available_providers()
+    provider_options = {}
+    if "TensorrtExecutionProvider" in available:
+        shapes = {}
+        for which in ("min", "opt", "max"):
+            shapes[f"trt_profile_{which}_shapes"] = ",".join(
+                f"{name}:{'x'.join(str(int(d)) for d in getattr(r, which))}" for name, r in profile.inputs.items()
+            )
+        provider_options["TensorrtExecutionProvider"] = shapes
+    if "CUDAExecutionProvider" in available:
+        provider_options["CUDAExecutionProvider"] = {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+    if provider_options:
+        options["provider_options"] = provider_options
+    return options

@@ -1,0 +1,66 @@
+"""``mrdeploy profiles plan --sizes-from DIR|FILE --max-profiles K -o profiles.yaml``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("profiles")
+def command() -> None:
+    """Resolution profiles: plan them from the sizes your data has."""
+
+
+@command.command("plan")
+@click.option("--sizes-from", "sizes_from", required=True, type=click.Path(exists=False),
+              help="A folder of images (read recursively, headers only) or a text file of HxW [COUNT] lines.")
+@click.option("--max-profiles", type=int, default=3, show_default=True, help="Plan for K = 1..this many profiles.")
+@click.option("--divisor", type=int, help="Round sizes up to a multiple of this (default: the model's, else 1).")
+@click.option("--min-size", help="Smallest valid size (N or HxW): smaller inputs are padded up to it.")
+@click.option("--max-size", help="Largest valid size (N or HxW): larger inputs are reported as skipped.")
+@click.option("--model", "model", type=click.Path(dir_okay=False), help="Take divisor and size range from this ONNX model's metadata.")
+@click.option("--mode", type=click.Choice(["static", "ranged"]), default="static", show_default=True,
+              help="static: profiles at the planned sizes (the runtime pads to them); ranged: each spans the sizes it serves.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the chosen profiles here (YAML) for build-engine --profiles.")
+def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, output):
+    """Propose profiles that minimize the padded pixels of your data's sizes."""
+    import yaml
+
+    from mrdeploy._atomic import write_text_atomic
+    from mrdeploy.exporter.plan import plan_profiles
+    from mrdeploy.exporter.plan import sizes_from as read_sizes
+
+    def size(v):
+        if v is None:
+            return None
+        h, _, w = str(v).lower().partition("x")
+        try:
+            return (int(h), int(w or h))
+        except ValueError:
+            raise click.BadParameter(f"expected N or HxW, got {v!r}") from None
+
+    lo, hi = size(min_size), size(max_size)
+    if model:
+        from mrdeploy.exporter.onnx_model import read_model
+
+        info = read_model(model).info
+        first = info.inputs[0]
+        if len(info.inputs) > 1:
+            click.echo(f"note: the model has {len(info.inputs)} image inputs; planning for {first.name!r}")
+        divisor = divisor or first.divisor
+        lo = lo or first.min_size
+        hi = hi or first.max_size
+    sizes = read_sizes(sizes_from)
+    result = plan_profiles(sizes, max_profiles, divisor=divisor or 1, min_size=lo, max_size=hi, mode=mode)
+    click.echo(result.table())
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    chosen = result.chosen
+    click.echo(
+        f"chosen: K={chosen.k} ({chosen.method}), expected padded pixels {chosen.padded_fraction:.1%}: "
+        + " ".join(f"--profile {p}" for p in result.profile_strings())
+    )
+    if output:
+        text = "# written by `mrdeploy profiles plan`; use with `mrdeploy build-engine --profiles FILE`\n"
+        text += yaml.safe_dump(result.to_file_dict(), sort_keys=False)
+        write_text_atomic(output, text)
+        click.echo(f"wrote {output}")
