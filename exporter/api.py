@@ -1,0 +1,268 @@
+"""``export()``: torch model -> one self-contained, optimized, validated ONNX file with mrdeploy metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mrdeploy._atomic import atomic_file, write_text_atomic
+from mrdeploy.errors import ExportError
+from mrdeploy.exporter.loading import load_model
+from mrdeploy.exporter.metadata import build_model_info, write_metadata
+from mrdeploy.exporter.shapes import as_hw, check_size, fmt_shape, normalize_example, parse_size, per_input
+from mrdeploy.exporter.sweep import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    SweepError,
+    SweepReport,
+    check,
+    plan_sizes,
+    run_sweep,
+)
+from mrdeploy.runtime.modelinfo import ModelInfo, OutputInfo
+
+MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit for one self-contained .onnx
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    exporter: str  # "dynamo" | "torchscript"
+    fallback_reason: str | None  # why the dynamo exporter was not used
+    optimizer: str | None  # "onnxslim" | None
+    nodes_before: int
+    nodes_after: int
+    model_info: ModelInfo
+    opset: int | None
+    sweep: SweepReport | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "exporter": self.exporter,
+            "fallback_reason": self.fallback_reason,
+            "optimizer": self.optimizer,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "opset": self.opset,
+            "model": self.model_info.to_dict(),
+            "sweep": self.sweep.to_dict() if self.sweep else None,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _read_labels(labels) -> list[str] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, str | os.PathLike):
+        path = Path(labels)
+        if not path.is_file():
+            raise ExportError(f"labels file {path} does not exist")
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        lines = [ln for ln in lines if ln]
+        if not lines:
+            raise ExportError(f"labels file {path} is empty: expected one label per line")
+        return lines
+    return [str(v) for v in labels]
+
+
+def _default_output_names(n: int, task: str) -> list[str]:
+    first = {"classification": "logits", "segmentation": "mask_logits"}.get(task, "output")
+    return [first] if n == 1 else [f"{first}{i}" for i in range(n)]
+
+
+def _outputs(refs, example, output_names, spatial_outputs, task) -> list[OutputInfo]:
+    """OutputInfo per output: spatial ones given explicitly, else inferred (rank 4, non-classification)."""
+    h_in = max(s[2] for s in example.values())
+    infos = []
+    for name, ref in zip(output_names, refs):
+        if spatial_outputs is not None:
+            if isinstance(spatial_outputs, Mapping):
+                spatial, stride = name in spatial_outputs, int(spatial_outputs.get(name, 1))
+            else:
+                spatial, stride = name in set(spatial_outputs), 1
+        else:
+            spatial = task != "classification" and ref.ndim == 4
+            stride = max(1, round(h_in / ref.shape[2])) if spatial else 1
+        if spatial and ref.ndim != 4:
+            raise ExportError(f"output {name!r} is declared spatial but has shape {fmt_shape(ref.shape)} (rank {ref.ndim})")
+        infos.append(OutputInfo(name=name, spatial=spatial, stride=stride))
+    return infos
+
+
+def _settings(example, divisor, min_size, max_size, dynamic):
+    names = list(example)
+    div = per_input(divisor, names, "divisor")
+    lo = {n: as_hw(v, "min size") for n, v in per_input(min_size, names, "min size").items()}
+    hi = {n: as_hw(v, "max size") for n, v in per_input(max_size, names, "max size").items()}
+    for n in names:
+        if not isinstance(div[n], int) or div[n] < 1:
+            raise ExportError(f"divisor of input {n!r} must be a positive int, got {div[n]!r}")
+        if not dynamic:  # a static model is valid at its export size only
+            lo[n] = lo[n] or tuple(example[n][2:])
+            hi[n] = hi[n] or tuple(example[n][2:])
+        for what, v in (("min size", lo[n]), ("max size", hi[n])):
+            if v is not None:
+                check_size(n, v, div[n], None, None, what)
+        if lo[n] and hi[n] and (lo[n][0] > hi[n][0] or lo[n][1] > hi[n][1]):
+            raise ExportError(f"min size {fmt_shape(lo[n])} of input {n!r} is above its max size {fmt_shape(hi[n])}")
+        check_size(n, tuple(example[n][2:]), div[n], lo[n], hi[n], "example size")
+    return div, lo, hi
+
+
+def export(
+    model,
+    example_shape,
+    output,
+    *,
+    model_args: Mapping[str, Any] | None = None,
+    checkpoint=None,
+    dynamic: bool = True,
+    min_size=None,
+    max_size=None,
+    divisor=1,
+    mean=None,
+    std=None,
+    labels=None,
+    task: str = "classification",
+    name: str | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    spatial_outputs=None,
+    opset: int | None = None,
+    exporter: str = "auto",
+    optimize: bool = True,
+    validate: bool = True,
+    validate_sizes=None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    report=None,
+    seed: int = 0,
+) -> ExportResult:
+    """Export ``model`` (an nn.Module or ``"pkg.mod:factory"`` / ``"file.py:factory"``) to ``output``.
+
+    ``example_shape`` is NCHW (``(1, 3, 224, 224)`` or ``"1x3x224x224"``) or, for several image inputs,
+    a dict ``{input name: shape}`` in forward-argument order. Batch, height and width are dynamic unless
+    ``dynamic=False``. ``divisor``/``min_size``/``max_size``/``mean``/``std`` may be given per input as
+    dicts. With ``validate`` the file is checked against PyTorch over a resolution sweep; any failure
+    raises (SweepError, an ExportError) and nothing is left at ``output``. ``report`` writes the result as
+    JSON (also when the sweep fails).
+    """
+    import numpy as np
+    import onnx
+    import torch
+
+    from mrdeploy.exporter.onnx_export import export_onnx
+    from mrdeploy.exporter.optimize import OptimizeResult, count_nodes
+    from mrdeploy.exporter.optimize import optimize as run_optimize
+
+    start = time.perf_counter()
+    default = input_names[0] if input_names and len(input_names) == 1 else "input"
+    example = normalize_example(example_shape, default)
+    if input_names is not None:
+        if len(input_names) != len(example):
+            raise ExportError(f"{len(input_names)} input name(s) {list(input_names)} for {len(example)} example shape(s)")
+        example = dict(zip(input_names, example.values()))
+    div, lo, hi = _settings(example, divisor, min_size, max_size, dynamic)
+    sizes = None
+    if validate_sizes is not None:
+        sizes = [parse_size(s) if isinstance(s, str | int) and not isinstance(s, bool) else as_hw(s, "validate size")
+                 for s in (validate_sizes.split(",") if isinstance(validate_sizes, str) else validate_sizes)]
+        sizes = [(s, s) if isinstance(s, int) else s for s in sizes]
+        for n in example:
+            for hw in sizes:
+                check_size(n, hw, div[n], lo[n], hi[n], "validate size")
+    names = list(example)
+    means = per_input(mean, names, "mean")
+    stds = per_input(std, names, "std")
+    label_list = _read_labels(labels)
+
+    torch_model = load_model(model, model_args, checkpoint)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {n: torch.randn(s, generator=gen) for n, s in example.items()}
+    try:
+        with torch.no_grad():
+            out = torch_model(*tensors.values())
+    except Exception as e:
+        shapes = ", ".join(f"{n} {fmt_shape(s)}" for n, s in example.items())
+        raise ExportError(f"the model's forward failed at the example shape ({shapes}): {type(e).__name__}: {e}") from e
+    refs = [out] if isinstance(out, torch.Tensor) else list(out.values() if isinstance(out, Mapping) else out)
+    if not refs or not all(isinstance(r, torch.Tensor) for r in refs):
+        raise ExportError(f"the model must return a tensor or a tuple/dict of tensors, got {type(out).__name__}")
+    out_names = list(output_names) if output_names else _default_output_names(len(refs), task)
+    if len(out_names) != len(refs):
+        raise ExportError(f"{len(out_names)} output name(s) {out_names} for a model with {len(refs)} output(s)")
+    out_infos = _outputs(refs, example, out_names, spatial_outputs, task)
+    if label_list and task == "classification" and refs[0].ndim == 2 and refs[0].shape[1] != len(label_list):
+        raise ExportError(f"{len(label_list)} labels for a classifier with {refs[0].shape[1]} classes")
+
+    raw = export_onnx(
+        torch_model, tensors, out_names, dynamic=dynamic, exporter=exporter, opset=opset,
+        spatial_outputs={o.name for o in out_infos if o.spatial},
+    )
+    proto = raw.model
+    if optimize:
+        opt = run_optimize(proto)
+    else:
+        n = count_nodes(proto)
+        opt = OptimizeResult(proto, None, n, n)
+    proto = opt.model
+    info = build_model_info(
+        name or _default_name(model), task, example, div, lo, hi, means, stds, out_infos, label_list
+    )
+    write_metadata(proto, info)
+    if proto.ByteSize() > MAX_PROTO_BYTES:
+        raise ExportError(f"the model is {proto.ByteSize() / 2**30:.1f} GB; one self-contained .onnx holds at most 2 GB")
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    notes = list(raw.warnings)
+    if opt.note:
+        notes.append(opt.note)
+    result = ExportResult(
+        Path(output), raw.exporter, raw.fallback_reason, opt.tool, opt.nodes_before, opt.nodes_after, info,
+        opset_used, notes=notes,
+    )
+    with atomic_file(output) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        try:
+            onnx.checker.check_model(str(tmp))
+        except Exception as e:
+            raise ExportError(f"the exported ONNX model does not pass onnx.checker: {str(e).strip()[:300]}") from e
+        if validate:
+            cases = plan_sizes(example, div, lo, hi, sizes, dynamic)
+            try:
+                result.sweep = run_sweep(
+                    torch_model, tmp, cases, out_names,
+                    DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol, seed,
+                )
+                check(result.sweep)
+            except SweepError as e:
+                result.seconds = time.perf_counter() - start
+                if report is not None:
+                    _write_report(report, result, error=str(e))
+                raise
+    del np
+    result.seconds = time.perf_counter() - start
+    if report is not None:
+        _write_report(report, result)
+    return result
+
+
+def _default_name(model) -> str:
+    if isinstance(model, str):
+        return model.rpartition(":")[2]
+    return type(model).__name__
+
+
+def _write_report(path, result: ExportResult, error: str | None = None) -> None:
+    d = result.to_dict()
+    d["ok"] = error is None
+    d["error"] = error
+    write_text_atomic(path, json.dumps(d, indent=2) + "\n")

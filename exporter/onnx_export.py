@@ -1,0 +1,187 @@
+"""torch -> ONNX ModelProto: the dynamo exporter with named dynamic dims, TorchScript as the fallback."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrdeploy.errors import ExportError
+
+EXPORTERS = ("auto", "dynamo", "torchscript")
+TORCHSCRIPT_DEFAULT_OPSET = 17
+
+
+@dataclass
+class RawExport:
+    model: object  # onnx.ModelProto, all weights inline
+    exporter: str  # "dynamo" | "torchscript"
+    fallback_reason: str | None  # why dynamo was not used (exporter="auto" only)
+    warnings: list[str]
+
+
+def dim_names(input_names: list[str]) -> dict[str, tuple[str, str]]:
+    """(height, width) dim names per input: ``height``/``width`` for one input, ``<name>_height`` else."""
+    if len(input_names) == 1:
+        return {input_names[0]: ("height", "width")}
+    return {n: (f"{n}_height", f"{n}_width") for n in input_names}
+
+
+def _first_line(e: BaseException, limit: int = 400) -> str:
+    text = str(e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    msg = lines[0] if lines else ""
+    return f"{type(e).__name__}: {msg}"[:limit]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' chatter (progress lines, warnings about absent torchvision ops)."""
+    names = ["torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "torch._export"]
+    old = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("always")
+        try:
+            yield caught
+        finally:
+            for n, lvl in old.items():
+                logging.getLogger(n).setLevel(lvl)
+
+
+def _export_dynamo(model, args, input_names, output_names, dynamic, opset):
+    import onnx
+    import torch
+    from torch.export import Dim
+
+    kwargs = {}
+    if dynamic:
+        dims = dim_names(input_names)
+        batch = Dim("batch")
+        kwargs["dynamic_shapes"] = tuple(
+            {0: batch, 2: Dim(dims[n][0]), 3: Dim(dims[n][1])} for n in input_names
+        )
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    program = torch.onnx.export(
+        model,
+        args,
+        None,
+        dynamo=True,
+        input_names=input_names,
+        output_names=output_names,
+        external_data=False,
+        optimize=False,
+        verbose=False,
+        **kwargs,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        program.save(str(path), external_data=False)
+        return onnx.load(str(path))
+
+
+def _export_torchscript(model, args, input_names, output_names, dynamic, opset, spatial_outputs):
+    import onnx
+    import torch
+
+    axes = None
+    if dynamic:
+        dims = dim_names(input_names)
+        axes = {n: {0: "batch", 2: dims[n][0], 3: dims[n][1]} for n in input_names}
+        for name in output_names:
+            axes[name] = {0: "batch"}
+            if name in spatial_outputs:
+                axes[name].update({2: f"{name}_height", 3: f"{name}_width"})
+    buf = io.BytesIO()
+    torch.onnx.export(
+        model,
+        args,
+        buf,
+        dynamo=False,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_axes=axes,
+        opset_version=opset or TORCHSCRIPT_DEFAULT_OPSET,
+        do_constant_folding=True,
+    )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _check_outputs(model_proto, output_names: list[str], which: str) -> None:
+    got = [o.name for o in model_proto.graph.output]
+    if len(got) != len(output_names):
+        raise ExportError(
+            f"the {which} export has {len(got)} output(s) {got}, but {len(output_names)} output name(s) "
+            f"were given: {output_names}"
+        )
+
+
+def export_onnx(
+    model,
+    inputs: dict,
+    output_names: list[str],
+    *,
+    dynamic: bool = True,
+    exporter: str = "auto",
+    opset: int | None = None,
+    spatial_outputs: set[str] = frozenset(),
+) -> RawExport:
+    """Export ``model`` called with ``inputs`` (name -> example tensor, in forward order) to ONNX.
+
+    ``exporter="auto"`` tries dynamo and falls back to TorchScript, recording why.
+    """
+    import torch
+
+    if exporter not in EXPORTERS:
+        raise ExportError(f"exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
+    input_names = list(inputs)
+    args = tuple(inputs.values())
+    _check_forward_arity(model, len(args))
+    errors: dict[str, str] = {}
+    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    for which in order:
+        with _quiet() as caught, torch.no_grad():
+            try:
+                if which == "dynamo":
+                    proto = _export_dynamo(model, args, input_names, output_names, dynamic, opset)
+                else:
+                    proto = _export_torchscript(
+                        model, args, input_names, output_names, dynamic, opset, set(spatial_outputs)
+                    )
+            except ExportError:
+                raise
+            except Exception as e:
+                errors[which] = _first_line(e)
+                continue
+        _check_outputs(proto, output_names, which)
+        notes = sorted({str(w.message).splitlines()[0][:200] for w in caught if "Tracer" in type(w.message).__name__})
+        reason = errors.get("dynamo") if which == "torchscript" and exporter == "auto" else None
+        return RawExport(proto, which, reason, notes)
+    if len(errors) == 2:
+        raise ExportError(
+            f"both exporters failed. dynamo: {errors['dynamo']} | torchscript: {errors['torchscript']}"
+        )
+    ((which, err),) = errors.items()
+    raise ExportError(f"the {which} exporter failed: {err}")
+
+
+def _check_forward_arity(model, n_inputs: int) -> None:
+    """A model whose forward cannot take ``n_inputs`` positional tensors gets a clear message."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*range(n_inputs))
+    except TypeError as e:
+        params = [p for p in sig.parameters]
+        raise ExportError(
+            f"the model's forward({', '.join(params)}) cannot take {n_inputs} input(s): {e}"
+        ) from e
