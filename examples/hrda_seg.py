@@ -55,12 +55,17 @@ class SegNet(nn.Module):
 class HRDASeg(nn.Module):
     def __init__(self, num_classes: int = 4, in_chans: int = 3, widths=(16, 32, 64), context_scale: float = 0.5):
         super().__init__()
-        self.context_scale = context_scale
+        if context_scale <= 0 or abs(1 / context_scale - round(1 / context_scale)) > 1e-9:
+            raise ValueError(f"context_scale must be 1/k for an integer k, got {context_scale}")
+        self.context_factor = round(1 / context_scale)
         self.net = SegNet(num_classes, in_chans, widths)
         self.scale_attention = nn.Sequential(conv_bn_relu(widths[1], widths[1]), nn.Conv2d(widths[1], 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ctx_in = F.interpolate(x, scale_factor=self.context_scale, mode="bilinear", align_corners=False)
+        # integer arithmetic on the input's shape keeps the size symbolic in the exported graph
+        # (int(h * 0.5) gets specialized to a constant; scale_factor reaches ONNX as a double input)
+        size = (x.shape[-2] // self.context_factor, x.shape[-1] // self.context_factor)
+        ctx_in = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         ctx_logits, ctx_feat = self.net(ctx_in)
         att = torch.sigmoid(self.scale_attention(ctx_feat))
         det_logits, _ = self.net(x)

@@ -2,7 +2,7 @@
 
 ``template`` (e.g. 112-128 px) and ``search`` (e.g. 224-384 px) go through one shared CNN backbone
 (stride 8). The centre k x k of the template features is the correlation kernel; a depthwise
-cross-correlation (written as k*k shifted multiply-adds with static slice offsets, so neither a
+cross-correlation (im2col of the search features times the per-sample kernel, so neither a
 dynamic ``groups`` nor a dynamic kernel shape enters the graph) gives per-channel responses that a
 1x1 head turns into one score map, N x 1 x (Hs/8 - k + 1) x (Ws/8 - k + 1).
 """
@@ -10,6 +10,7 @@ dynamic ``groups`` nor a dynamic kernel shape enters the graph) gives per-channe
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -51,16 +52,13 @@ class SiameseTracker(nn.Module):
         return z[:, :, top : top + self.kernel, left : left + self.kernel]
 
     def xcorr_depthwise(self, search: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Per-channel correlation of ``search`` (N, C, H, W) with ``kernel`` (N, C, k, k)."""
         k = self.kernel
-        out = None
-        for i in range(k):
-            for j in range(k):
-                # rows i .. H-(k-1-i): negative static ends keep the slice dynamic in H
-                end_i = i - k + 1 if i < k - 1 else None
-                end_j = j - k + 1 if j < k - 1 else None
-                term = search[:, :, i:end_i, j:end_j] * kernel[:, :, i : i + 1, j : j + 1]
-                out = term if out is None else out + term
-        return out
+        n, c, h, w = search.shape
+        cols = F.unfold(search, k)  # N, C*k*k, (H-k+1)*(W-k+1)
+        cols = cols.unflatten(1, (c, k * k))  # N, C, k*k, L
+        out = (cols * kernel.flatten(2).unsqueeze(-1)).sum(dim=2)  # N, C, L
+        return out.unflatten(2, (h - k + 1, w - k + 1))
 
     def forward(self, template: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
         z = self._center(self.backbone(template))
