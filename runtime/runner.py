@@ -35,6 +35,17 @@ from mrdeploy.runtime.profiles import Profile
 from mrdeploy.runtime.resize import resize_bilinear
 
 _CAST_OK = (np.dtype(np.float16), np.dtype(np.float64))
+_DECISION_CACHE_SIZE = 256
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """True when no element is NaN or Inf. The dot product of the array with itself (one BLAS pass,
+    no temporary) is finite exactly when every element is, unless the sum of squares overflows, in
+    which case the elementwise test decides."""
+    v = a.reshape(-1)
+    if np.isfinite(np.dot(v, v)):
+        return True
+    return bool(np.isfinite(v).all())
 
 
 @dataclass(frozen=True)
@@ -105,12 +116,14 @@ class Runner:
         self.load_counts: Counter[str] = Counter()
         self._local = threading.local()
         self._closed = False
+        self._decisions: dict = {}  # (shapes, policy) -> Decision; dict ops are atomic under the GIL
+        self._profiles = [e.profile for e in self.entries]
 
     # --- what the bundle serves ------------------------------------------------------------------
 
     @property
     def profiles(self) -> list[Profile]:
-        return [e.profile for e in self.entries]
+        return list(self._profiles)
 
     @property
     def loaded(self) -> list[str]:
@@ -141,7 +154,18 @@ class Runner:
         self._check_names(shapes)
         for name, s in shapes.items():
             self._check_shape(name, s)
-        return decide(self.profiles, shapes, policy or self.policy, self._divisors)
+        return self._decide(shapes, policy or self.policy)
+
+    def _decide(self, shapes: dict[str, tuple], policy: str) -> Decision:
+        """``decide``, memoized per (shapes, policy): a served stream repeats a few sizes."""
+        key = (tuple(shapes.items()), policy)
+        d = self._decisions.get(key)
+        if d is None:
+            d = decide(self._profiles, shapes, policy, self._divisors)  # raises for refused inputs
+            if len(self._decisions) >= _DECISION_CACHE_SIZE:
+                self._decisions.clear()
+            self._decisions[key] = d
+        return d
 
     # --- running ----------------------------------------------------------------------------------
 
@@ -161,9 +185,7 @@ class Runner:
             raise MrdeployError(f"runner for {self.bundle_dir} is closed")
         start = time.perf_counter()
         arrays = self._check_inputs(inputs)
-        decision = decide(
-            self.profiles, {n: a.shape for n, a in arrays.items()}, policy or self.policy, self._divisors
-        )
+        decision = self._decide({n: a.shape for n, a in arrays.items()}, policy or self.policy)
         feeds = self._fit(arrays, decision)
         engine, load_ms = self._acquire(decision.profile.name)
         try:
@@ -347,12 +369,13 @@ class Runner:
                     )
                 a = a.astype(np.float32)
             self._check_shape(name, a.shape)
-            if not np.isfinite(a).all():
+            a = np.ascontiguousarray(a)
+            if not _all_finite(a):
                 bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
                 raise InputError(
                     f"input {name!r}: expected finite values, got {bad} NaN/Inf of {a.size} in shape {a.shape}"
                 )
-            arrays[name] = np.ascontiguousarray(a)
+            arrays[name] = a
         return arrays
 
     def _fit(self, arrays: dict[str, np.ndarray], d: Decision) -> dict[str, np.ndarray]:
