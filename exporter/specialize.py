@@ -2,7 +2,7 @@
 
 Specializing fixes every input dim the profile fixes (a static profile: all of them; a ranged profile:
 batch when its range is one value, and channels), clears the stale intermediate shapes, then runs shape
-inference and constant folding (onnxslim; the onnxscript optimizer if onnxslim fails) so that shape
+inference and constant folding (the onnxscript optimizer, then onnxslim) so that shape
 arithmetic disappears: for a static profile Shape/Gather/Concat chains fold to constants and a ViT's
 resampled position embedding becomes one constant tensor. ``onnx.checker`` checks the result.
 
@@ -93,22 +93,27 @@ def fix_input_dims(model, profile: Profile):
 
 
 def _fold(model, profile: Profile) -> tuple[object, str]:
-    errors = []
+    """onnxscript's optimizer (constant folding incl. CastLike/Expand of constants), then onnxslim
+    (shape inference, folding, Conv+BN fusion; its Gemm fusion is skipped: it wraps MatMuls in
+    Reshapes). Either alone when the other fails."""
+    errors, used = [], []
+    try:
+        import onnxscript.optimizer
+
+        model = onnxscript.optimizer.optimize(model)
+        used.append("onnxscript")
+    except Exception as e:  # the optimizer raises many types
+        errors.append(f"onnxscript: {type(e).__name__}: {str(e)[:200]}")
     try:
         import onnxslim
 
-        return onnxslim.slim(model), "onnxslim"
+        model = onnxslim.slim(model, skip_fusion_patterns=["FusionGemm"])
+        used.append("onnxslim")
     except Exception as e:  # onnxslim raises plain Exceptions
         errors.append(f"onnxslim: {type(e).__name__}: {str(e)[:200]}")
-    try:
-        import onnx
-        import onnxscript.optimizer
-
-        m = onnxscript.optimizer.optimize(model)
-        return onnx.shape_inference.infer_shapes(m, data_prop=True), "onnxscript"
-    except Exception as e:
-        errors.append(f"onnxscript: {type(e).__name__}: {str(e)[:200]}")
-    raise ExportError(f"profile {profile.name!r}: constant folding failed ({'; '.join(errors)})")
+    if not used:
+        raise ExportError(f"profile {profile.name!r}: constant folding failed ({'; '.join(errors)})")
+    return model, "+".join(used)
 
 
 def specialize(model, profile: Profile) -> Specialized:
