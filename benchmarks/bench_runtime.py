@@ -46,7 +46,7 @@ def build_bundle(example: str, work: Path, profiles: list[str], threads: int) ->
     torch.set_num_threads(max(1, threads))
     model = export_example(example, work / f"{example}.onnx", validate=False)
     out = work / f"{example}.bundle"
-    build_engine(model, out, profiles=profiles, backend="onnxruntime", precision="fp32")
+    build_engine(model, out, profiles=profiles, backend="onnxruntime", precision="fp32", threads=threads, quiet=True)
     return out
 
 
