@@ -244,10 +244,12 @@ def export(
                 )
                 check(result.sweep)
             except SweepError as e:
+                if result.fallback_reason:
+                    e = SweepError(f"{e} [exported with torchscript; dynamo was not used: {result.fallback_reason}]", e.report)
                 result.seconds = time.perf_counter() - start
                 if report is not None:
                     _write_report(report, result, error=str(e))
-                raise
+                raise e from None
     del np
     result.seconds = time.perf_counter() - start
     if report is not None:

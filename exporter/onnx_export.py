@@ -6,6 +6,8 @@ import contextlib
 import inspect
 import io
 import logging
+import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -33,10 +35,32 @@ def dim_names(input_names: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def _first_line(e: BaseException, limit: int = 400) -> str:
+    """The root cause's type and first line (dynamo wraps the real error in a generic ConversionError)."""
+    while e.__cause__ is not None and type(e).__name__ in ("ConversionError", "TorchExportError", "OnnxExporterError"):
+        e = e.__cause__
     text = str(e).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     msg = lines[0] if lines else ""
     return f"{type(e).__name__}: {msg}"[:limit]
+
+
+@contextlib.contextmanager
+def _fd1_to_devnull():
+    """C++ code in the TorchScript exporter logs graphs straight to file descriptor 1; hide that."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real fd 1 (e.g. captured by a test runner)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager
@@ -46,7 +70,7 @@ def _quiet():
     old = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
-    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()), _fd1_to_devnull():
         warnings.simplefilter("always")
         try:
             yield caught
@@ -160,6 +184,16 @@ def export_onnx(
             except Exception as e:
                 errors[which] = _first_line(e)
                 continue
+        if dynamic:
+            fixed = _specialized_dims(proto, input_names)
+            if fixed:
+                errors[which] = (
+                    f"{which} fixed dims the model declared dynamic ({fixed}): the model turns an input size "
+                    "into a Python int, which bakes a shape into the graph"
+                )
+                if exporter == "auto" and which == "dynamo":
+                    continue
+                raise ExportError(errors[which])
         _check_outputs(proto, output_names, which)
         notes = sorted({str(w.message).splitlines()[0][:200] for w in caught if "Tracer" in type(w.message).__name__})
         reason = errors.get("dynamo") if which == "torchscript" and exporter == "auto" else None
@@ -185,3 +219,17 @@ def _check_forward_arity(model, n_inputs: int) -> None:
         raise ExportError(
             f"the model's forward({', '.join(params)}) cannot take {n_inputs} input(s): {e}"
         ) from e
+
+
+def _specialized_dims(model_proto, input_names: list[str]) -> str:
+    """Inputs whose batch/height/width came out as fixed numbers, e.g. "input height=32, width=32"."""
+    labels = {0: "batch", 2: "height", 3: "width"}
+    found = []
+    for v in model_proto.graph.input:
+        if v.name not in input_names:
+            continue
+        dims = v.type.tensor_type.shape.dim
+        fixed = [f"{labels[i]}={dims[i].dim_value}" for i in labels if i < len(dims) and dims[i].HasField("dim_value")]
+        if fixed:
+            found.append(f"{v.name} {', '.join(fixed)}")
+    return "; ".join(found)

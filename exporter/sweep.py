@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -135,10 +136,10 @@ def plan_sizes(
             out[name] = (batch, c, nh, nw)
         return out
 
+    if not dynamic:
+        return [("export", dict(example))]
     base = {n: (1, *s[1:]) for n, s in example.items()}
     cases: list[tuple[str, dict[str, Shape]]] = [("export", base)]
-    if not dynamic:
-        return cases
     if sizes is not None:
         for h, w in sizes:
             cases.append(("given", {n: (1, s[1], h, w) for n, s in example.items()}))
@@ -247,8 +248,12 @@ def _as_list(out) -> list[np.ndarray]:
 
 
 def _ort_reason(e: Exception) -> str:
+    """ONNX Runtime's message without its "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :" prefix, short."""
     text = " ".join(str(e).split())
-    return text[:200]
+    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+    text = text.replace("Got invalid dimensions for input: ", "invalid dims for input ")
+    text = text.split(" Please fix")[0]
+    return text[:140] + ("..." if len(text) > 140 else "")
 
 
 def check(report: SweepReport) -> None:
