@@ -4,7 +4,13 @@ in the same run with the same thread count (``mrdeploy bench``, ``mrdeploy.bench
 At each size, every target gets ``warmup`` untimed calls, then ``runs`` timed calls interleaved
 round-robin (call i starts with target i mod k, so no target always runs first after another's cache
 effects). The bundle is timed as an application calls it (``runner.run``: selection, padding and
-cropping included). Reported: p50/p90/p99/mean latency in ms and throughput in images/s, and the
+cropping included).
+
+Interleaving on shared cores is only fair when no library keeps its threads busy-waiting after a call
+(ONNX Runtime spins by default, OpenMP in PyTorch too): the spinning threads of one target would steal
+the cores from the next. So unless ``spin=True``, every ONNX Runtime session (the bundle's engines and
+the dynamic model) runs with ``session.intra_op.allow_spinning=0`` and PyTorch with
+``OMP_WAIT_POLICY=PASSIVE`` (set before torch is first imported). Reported: p50/p90/p99/mean latency in ms and throughput in images/s, and the
 speed-up of the bundle over the dynamic ONNX model and over PyTorch eager (ratios of p50).
 """
 
@@ -55,6 +61,7 @@ class BenchReport:
     runs: int
     warmup: int
     batch: int
+    spin: bool
     machine: dict
     references: dict
     profiles: list[dict]
@@ -78,7 +85,8 @@ class BenchReport:
             f"- machine: {m.get('cpu')} ({m.get('cores')} cores), {m.get('system')}; "
             + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
             f"- {self.threads} thread(s) for every target, batch {self.batch}, {self.warmup} warm-up + "
-            f"{self.runs} timed runs per size and target, interleaved; {m.get('date')}",
+            f"{self.runs} timed runs per size and target, interleaved"
+            + ("" if self.spin else " (thread spin-waiting off in ONNX Runtime and OpenMP)") + f"; {m.get('date')}",
             "",
             "## Latency p50 per size (ms) and speed-up of the bundle",
             "",
@@ -202,6 +210,7 @@ def bench(
     model_args: Mapping | None = None,
     policy: str | None = None,
     seed: int = 0,
+    spin: bool = False,
     out: str | os.PathLike | None = None,
     plot: bool = True,
 ) -> BenchReport:
@@ -228,19 +237,26 @@ def bench(
     if checkpoint and not torch_specs:
         raise InputError("--checkpoint needs a PyTorch reference (--reference module:factory or path.py:factory)")
     onnx_path = Path(onnx_specs[0]) if onnx_specs else bundle / manifest.source["artifact"]
-    onnx_ref = OnnxReference(onnx_path, threads=threads)
+    onnx_ref = OnnxReference(onnx_path, threads=threads, spin=spin)
     torch_ref = None
     if torch_specs:
+        if not spin:
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         torch_ref = TorchReference(torch_specs[0], onnx_ref.input_names, onnx_ref.output_names,
                                    checkpoint=checkpoint, model_args=model_args, threads=threads)
     runner = load(bundle, threads=threads)
+    if not spin:
+        for e in runner.entries:  # in memory only: the bundle on disk is not touched
+            if e.backend == "onnxruntime":
+                e.options = {**e.options, "session_config": {**(e.options.get("session_config") or {}),
+                                                             "session.intra_op.allow_spinning": "0"}}
     bundle_policy = policy or manifest.policy
     input_names = [i.name for i in model.inputs] or onnx_ref.input_names
     channels = {i.name: i.channels for i in model.inputs}
     points = parse_sizes(sizes, input_names) if sizes else default_sizes(manifest)
     entries = {e.name: e for e in manifest.profiles}
     report = BenchReport(
-        bundle=str(bundle), model=model.name, threads=threads, runs=runs, warmup=warmup, batch=batch,
+        bundle=str(bundle), model=model.name, threads=threads, runs=runs, warmup=warmup, batch=batch, spin=spin,
         machine=machine_info(torch_ref is not None),
         references={"onnx": str(onnx_path), "pytorch": torch_specs[0] if torch_specs else None,
                     "checkpoint": str(checkpoint) if checkpoint else None},

@@ -487,7 +487,7 @@ def parity(
                 if served:
                     y = _batched(lambda f: runner.run(f, policy=bundle_policy), feeds, chunk)[out_name]
                 else:
-                    y = _batched(lambda f, nm=name: _run_profile(runner, bundle, manifest, nm, f, threads), feeds, chunk)[out_name]
+                    y = _batched(lambda f, nm=name: runner.run_profile(nm, f), feeds, chunk)[out_name]
                 r = ParityRow(**base, target="bundle", series=f"bundle {e.precision}", profile=name, backend=e.backend,
                         precision=e.precision, action=act, served=served, in_profile=bool(inside),
                         reference="onnx", accuracy=_accuracy(y, labels, task, nc))
@@ -518,18 +518,3 @@ def _decision(runner, point: SizePoint, policy: str) -> tuple[str | None, str]:
     name = getattr(d, "profile", None) or getattr(d, "name", None)
     name = getattr(name, "name", name)
     return name, getattr(d, "action", "exact")
-
-
-def _run_profile(runner, bundle: Path, manifest: Manifest, name: str, feeds, threads) -> dict[str, np.ndarray]:
-    """Run one named profile directly (an exact size inside its range), bypassing selection."""
-    if hasattr(runner, "run_profile"):
-        return runner.run_profile(name, feeds)
-    from mrdeploy.runtime.backends import get_engine_class
-
-    cache = runner.__dict__.setdefault("_parity_engines", {})
-    if name not in cache:
-        e = manifest.entry(name)
-        cache[name] = get_engine_class(e.backend)(bundle / e.artifact, e, threads=threads)
-    engine = cache[name]
-    dtypes = getattr(engine, "input_dtypes", {}) or {}
-    return engine.run({n: a.astype(dtypes[n]) if n in dtypes and a.dtype != dtypes[n] else a for n, a in feeds.items()})

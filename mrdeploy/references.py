@@ -21,7 +21,7 @@ class OnnxReference:
 
     kind = "onnx"
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spin: bool = True):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -32,6 +32,8 @@ class OnnxReference:
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        if not spin:  # no busy-waiting after a call: another model timed next gets the cores
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types

@@ -56,9 +56,13 @@ def _pyplot():
 
 
 def _series_color(key: str) -> str:
-    for word, color in _COLORS.items():
-        if word in key:
-            return color
+    """pytorch: grey; the dynamic ONNX model: blue; bundle series by precision."""
+    first = key.split()[0]
+    if first in ("pytorch", "onnx"):
+        return _COLORS[first]
+    for precision in ("fp32", "fp16", "int8"):
+        if precision in key:
+            return _COLORS[precision]
     return "#17becf"
 
 
@@ -184,6 +188,7 @@ def plot_bench(report: Mapping, path: str | os.PathLike) -> Path:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="o", ms=4, label=label, color=_COLORS["onnx" if "ONNX" in label else "pytorch"])
     ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_yscale("log")
     ax.set_xlabel("input resolution  sqrt(H*W)  [px]")
     ax.set_ylabel("speed-up (p50 ratio, >1 = bundle faster)")
     ax.grid(alpha=0.3)

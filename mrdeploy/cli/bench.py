@@ -18,19 +18,21 @@ import click
 @click.option("--runs", default=50, show_default=True, help="Timed runs per size and target.")
 @click.option("--warmup", default=5, show_default=True, help="Untimed runs first.")
 @click.option("--batch", default=1, show_default=True, help="Batch size of every call.")
+@click.option("--spin", is_flag=True, help="Let ONNX Runtime/OpenMP threads busy-wait between calls (their "
+              "default; unfair when targets are interleaved on shared cores).")
 @click.option("--policy", type=click.Choice(["pad", "resize", "error"]), help="Override the bundle's policy.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="bench-report", show_default=True,
               help="Directory for bench.json, bench.md and bench.png.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG.")
-def command(bundle, sizes, references, checkpoint, model_args, threads, runs, warmup, batch, policy, out,
-            no_plot) -> None:
+def command(bundle, sizes, references, checkpoint, model_args, threads, runs, warmup, batch, spin, policy,
+            out, no_plot) -> None:
     """Time the bundle per resolution, side by side with the dynamic ONNX model and PyTorch eager."""
     from mrdeploy.bench import bench
     from mrdeploy.cli.parity import parse_model_args
 
     report = bench(bundle, sizes=sizes, reference=list(references) or None, checkpoint=checkpoint,
                    threads=threads, runs=runs, warmup=warmup, batch=batch,
-                   model_args=parse_model_args(model_args), policy=policy, out=out, plot=not no_plot)
+                   model_args=parse_model_args(model_args), policy=policy, spin=spin, out=out, plot=not no_plot)
     has_pt = any(r.target == "pytorch" for r in report.rows)
     by = {(r.size, r.target): r for r in report.rows}
     head = f"{'size':>10}  {'served by':<24} {'bundle':>9} {'onnx':>9}" + (f" {'pytorch':>9}" if has_pt else "")
