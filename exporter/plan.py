@@ -417,18 +417,20 @@ def _describe(p: _Problem, combo: Sequence[int], k: int, exact: bool, method: st
 def brute_force_cost(sizes: Iterable[HW], k: int, divisor: int = 1) -> float:
     """Reference for tests: the minimal total served pixels over ALL sets of <= k buckets drawn from the
     full grid of rounded heights x widths (no pruning), each input served by its smallest holding bucket."""
-    rounded = [_round((int(h), int(w)), divisor, None) for h, w in sizes]
+    from collections import Counter
+
+    rounded = Counter(_round((int(h), int(w)), divisor, None) for h, w in sizes)
     hs, ws = sorted({s[0] for s in rounded}), sorted({s[1] for s in rounded})
     grid = [(a, b) for a in hs for b in ws]
     best = math.inf
     for n in range(1, k + 1):
         for combo in itertools.combinations(grid, n):
             total = 0.0
-            for h, w in rounded:
+            for (h, w), count in rounded.items():
                 fit = [a * b for a, b in combo if a >= h and b >= w]
                 if not fit:
                     total = math.inf
                     break
-                total += min(fit)
+                total += count * min(fit)
             best = min(best, total)
     return best
