@@ -65,7 +65,7 @@ class BuildResult:
 
     def table(self) -> str:
         head = (
-            f"{'profile':<18} {'min / opt / max':<34} {'backend':<11} {'prec':<5} {'nodes':>11} "
+            f"{'profile':<18} {'sizes (min-max@opt)':<34} {'backend':<11} {'prec':<5} {'nodes':>11} "
             f"{'check err':>10} {'cosine':>9} {'time':>7}"
         )
         lines = [head]
@@ -80,14 +80,8 @@ class BuildResult:
 
 
 def _shapes_text(profile: Profile) -> str:
-    parts = []
-    for r in profile.inputs.values():
-        hw = ["x".join(map(str, s[-2:])) for s in (r.min, r.opt, r.max)]
-        text = hw[0] if hw[0] == hw[2] else " / ".join(hw)
-        if r.min[0] != r.max[0]:
-            text += f" b{r.min[0]}-{r.max[0]}"
-        parts.append(text)
-    return ", ".join(parts)
+    """The profile in ``--profile`` syntax, without its name (``32-96@64``, ``t:112-128@128,s:256``)."""
+    return profile.describe().split("=", 1)[1]
 
 
 def _quantize_profile(

@@ -213,6 +213,50 @@ def test_a_failure_mid_build_leaves_no_bundle_and_keeps_the_old_one(conv, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+def test_two_input_model(tmp_path):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), n) for n in ("wt", "ws")]
+    nodes = [
+        helper.make_node("Conv", ["template", "wt"], ["ft"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["ft"], ["kt"]),
+        helper.make_node("Conv", ["search", "ws"], ["fs"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["fs", "kt"], ["response"]),
+    ]
+    ins = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", 3, f"{n}_h", f"{n}_w"]) for n in ("template", "search")
+    ]
+    out = [helper.make_tensor_value_info("response", TensorProto.FLOAT, ["b", 4, "search_h", "search_w"])]
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", ins, out, inits), opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    info = read_model(path).info
+    assert [o.spatial for o in info.outputs] == [True]
+    res = build_bundle(path, tmp_path / "b", ["near=template:32-64@48,search:64-128@96", "template:64,search:128"], quiet=True)
+    m = Manifest.read(res.path)
+    near = m.profiles[0].profile.inputs
+    assert (near["template"].opt, near["search"].max) == ((1, 3, 48, 48), (1, 3, 128, 128))
+    assert [r.describe for r in res.profiles] == ["template:32-64@48,search:64-128@96", "template:64,search:128"]
+    assert len({r.point for r in res.check_rows if r.profile == "near"}) == 3
+    with pytest.raises(ProfileError, match=r"profile '64' gives one size but the model has 2 image inputs \(template, search\)"):
+        build_engine(path, tmp_path / "c", ["64"])
+
+
+def test_gpu_provider_options_come_from_the_profile(monkeypatch):
+    import onnxruntime as ort
+
+    from mrdeploy.exporter.specialize import session_settings
+    from mrdeploy.runtime.profiles import make_profile, parse_profile
+
+    profile = make_profile(parse_profile("s=template:112-128@128,search:224-384@256"), {"template": 3, "search": 3}, batch=(1, 1, 2))
+    assert "provider_options" not in session_settings(profile, 2)  # CPU only here
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    trt = session_settings(profile, 2)["provider_options"]["TensorrtExecutionProvider"]
+    assert trt == {
+        "trt_profile_min_shapes": "template:1x3x112x112,search:1x3x224x224",
+        "trt_profile_opt_shapes": "template:1x3x128x128,search:1x3x256x256",
+        "trt_profile_max_shapes": "template:2x3x128x128,search:2x3x384x384",
+    }
+
+
 # ------------------------------------------------------------------------------ the examples
 
 
