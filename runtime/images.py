@@ -35,8 +35,14 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such image file")
+    from PIL import ImageOps
+
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # camera JPEGs: apply the EXIF orientation
+            if im.mode.startswith("I"):  # 16/32-bit gray: scale to 8 bits instead of clipping
+                a16 = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray(np.clip(a16 / (257.0 if a16.max() > 255 else 1.0), 0, 255).astype(np.uint8))
             im = im.convert("L" if channels == 1 else "RGB")
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as e:  # Pillow: unknown format, truncated file, ...

@@ -51,6 +51,18 @@ def test_read_png_jpeg_gray(tmp_path):
     assert load_input(tmp_path / "g.png", INFO).shape == (1, 3, 10, 12)
 
 
+def test_16bit_png_and_exif_orientation(tmp_path):
+    a16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    Image.fromarray(a16).save(tmp_path / "d.png")
+    got = read_image(tmp_path / "d.png", channels=1)[..., 0]
+    np.testing.assert_array_equal(got, (a16 / 257.0).astype(np.uint8))  # 16 bits scaled, not clipped at 255
+    img = Image.fromarray(_rgb(4, 6))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert read_image(tmp_path / "r.jpg").shape == (6, 4, 3)
+
+
 def test_npy_passthrough_and_bad_files(tmp_path):
     a = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
     np.save(tmp_path / "x.npy", a)
