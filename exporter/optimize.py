@@ -44,29 +44,53 @@ def io_dims(model_proto) -> dict[str, list]:
     return out
 
 
-def optimize(model_proto) -> OptimizeResult:
-    """onnxslim the model; keep the original when slimming fails or turns an input dim static."""
-    before = count_nodes(model_proto)
-    try:
-        import onnx
-        import onnxslim
+def _checked(candidate, original, tool: str) -> str | None:
+    """None when ``candidate`` is a valid graph with the same input dims as ``original``, else why not."""
+    import onnx
 
-        work = onnx.ModelProto()
-        work.CopyFrom(model_proto)  # onnxslim may edit its argument in place
-        with contextlib.redirect_stdout(io.StringIO()):
-            slim = onnxslim.slim(work)
-    except Exception as e:  # optimization is best effort; the exported graph is already valid
-        return OptimizeResult(model_proto, None, before, before, f"onnxslim failed: {type(e).__name__}: {e}"[:300])
-    try:  # a slimmed graph that no longer type-checks is worse than none
-        onnx.checker.check_model(slim, full_check=True)
+    try:  # an optimized graph that no longer type-checks is worse than none
+        onnx.checker.check_model(candidate, full_check=True)
     except Exception as e:
-        note = f"onnxslim produced an invalid graph ({str(e).strip().splitlines()[0][:200]}); kept the unoptimized graph"
-        return OptimizeResult(model_proto, None, before, before, note)
-    old_dims, new_dims = io_dims(model_proto), io_dims(slim)
-    for v in model_proto.graph.input:
+        return f"{tool} produced an invalid graph ({str(e).strip().splitlines()[0][:200]}); step skipped"
+    old_dims, new_dims = io_dims(original), io_dims(candidate)
+    for v in original.graph.input:
         if old_dims[v.name] != new_dims.get(v.name):
-            return OptimizeResult(
-                model_proto, None, before, before,
-                f"onnxslim changed input {v.name!r} dims {old_dims[v.name]} -> {new_dims.get(v.name)}; kept the unoptimized graph",
-            )
-    return OptimizeResult(slim, "onnxslim", before, count_nodes(slim))
+            return f"{tool} changed input {v.name!r} dims {old_dims[v.name]} -> {new_dims.get(v.name)}; step skipped"
+    return None
+
+
+def _onnxscript(model_proto):
+    """onnxscript's optimizer: constant folding and its default rewrites (BatchNorm folded into Conv)."""
+    import onnxscript.optimizer
+
+    return onnxscript.optimizer.optimize(model_proto)
+
+
+def _onnxslim(model_proto):
+    import onnxslim
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return onnxslim.slim(model_proto)
+
+
+def optimize(model_proto) -> OptimizeResult:
+    """onnxscript's optimizer, then onnxslim; a step that fails or fixes an input dim is skipped."""
+    import onnx
+
+    before = count_nodes(model_proto)
+    current, tools, notes = model_proto, [], []
+    for tool, step in (("onnxscript", _onnxscript), ("onnxslim", _onnxslim)):
+        work = onnx.ModelProto()
+        work.CopyFrom(current)  # the tools may edit their argument in place
+        try:
+            candidate = step(work)
+        except Exception as e:  # optimization is best effort; the exported graph is already valid
+            notes.append(f"{tool} failed: {type(e).__name__}: {str(e)[:200]}; step skipped")
+            continue
+        why = _checked(candidate, current, tool)
+        if why:
+            notes.append(why)
+            continue
+        current = candidate
+        tools.append(tool)
+    return OptimizeResult(current, "+".join(tools) or None, before, count_nodes(current), "; ".join(notes) or None)

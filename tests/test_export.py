@@ -116,7 +116,7 @@ def test_good_export_is_dynamic_optimized_and_self_contained(good_export):
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert model.graph.input[0].name == "input" and dims == ["batch", 3, "height", "width"]
     assert model.graph.output[0].name == "logits"
-    assert result.optimizer == "onnxslim" and 0 < result.nodes_after <= result.nodes_before
+    assert result.optimizer == "onnxscript+onnxslim" and 0 < result.nodes_after <= result.nodes_before
     assert result.nodes_after == len(model.graph.node)
 
 
