@@ -83,7 +83,7 @@ def test_run_text_output_and_policies(capsys, images, cls_bundle):
     assert lines[0].split(", ")[-1].endswith(" ms")
     assert lines[1].lstrip().startswith("1. ") and lines[1].strip().endswith("%")
     assert "img_100x130.png: 100x130 -> profile large (96-160@128), exact" in out
-    code, out, _ = run_cli(capsys, "run", cls_bundle, images[(20, 28)], "--policy", "resize", "--json")
+    code, out, _ = run_cli(capsys, "run", cls_bundle, images[(20, 28)], "--policy", "resize", "--json", "--max-loaded", "1")
     assert json.loads(out)["action"] == "resize" and json.loads(out)["served"]["input"] == [1, 3, 48, 48]
     code, out, err = run_cli(capsys, "run", cls_bundle, images[(20, 28)], images[(48, 48)], "--policy", "error")
     assert code == 1

@@ -45,9 +45,10 @@ def _fmt_hw(shape) -> str:
 @click.option("--providers", help="ONNX Runtime providers, e.g. cuda or tensorrt,cuda (default: cpu).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), help="Serve only this backend's profiles.")
 @click.option("--threads", type=int, help="Intra-op threads per engine.")
+@click.option("--max-loaded", type=int, help="Keep at most N engines loaded (least recently used goes first).")
 @click.option("--repeat", default=1, show_default=True, help="Run each input N times; report the median latency.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per input instead of text.")
-def command(bundle, inputs, policy, top_k, out_dir, providers, backend, threads, repeat, as_json) -> None:
+def command(bundle, inputs, policy, top_k, out_dir, providers, backend, threads, max_loaded, repeat, as_json) -> None:
     """Serve INPUT files (PNG/JPEG images or .npy arrays) with a bundle.
 
     Prints, per input, the profile that served it, what was done to fit it (exact, pad, resize), its
@@ -61,7 +62,8 @@ def command(bundle, inputs, policy, top_k, out_dir, providers, backend, threads,
     from mrdeploy.runtime.images import load_input, save_mask_png
     from mrdeploy.runtime.postprocess import class_fractions, mask_from_logits, topk
 
-    runner = rt.load(bundle, backend=backend, providers=providers, policy=policy, threads=threads)
+    runner = rt.load(bundle, backend=backend, providers=providers, policy=policy, threads=threads,
+                     max_loaded=max_loaded)
     model = runner.model
     infos = {i.name: i for i in model.inputs}
     out = Path(out_dir) if out_dir else None
