@@ -190,6 +190,7 @@ def build_bundle(
                 bar.update(0, note=profile.name)
                 start = time.perf_counter()
                 spec = specialize(source.proto, profile)
+                result.notes.extend(f"{profile.name}: {n}" for n in spec.notes)
                 model, prec, calibration, measurements, calib_cache = spec.model, precision, None, None, None
                 if precision in ("int8", "auto"):
                     model, prec, calibration, measurements, calib_cache = _quantize_profile(
