@@ -83,7 +83,7 @@ class ProfileCalibration:
     max_drop: float | None = None
     quantized_nodes: int = 0
     float_nodes: list[dict] = field(default_factory=list)  # kept float for the budget: group, nodes, cost
-    rule_float_nodes: list[str] = field(default_factory=list)  # kept float by rule (read a Softmax output)
+    rule_float_nodes: list[str] = field(default_factory=list)  # kept float by rule (attention MatMuls around a Softmax)
     precision: str = "int8"
     measurements: dict | None = None
     skipped: list[str] = field(default_factory=list)
@@ -117,16 +117,9 @@ class ProfileCalibration:
 
 
 def _model_and_info(model_path: Path, work: Path) -> tuple[Path, ModelInfo]:
-    """The model to quantize (a copy with every node named, if some were not) and its ModelInfo."""
-    model = graph.load(model_path)
-    info = graph.model_info(model)
-    if graph.ensure_node_names(model):
-        import onnx
-
-        named = work / "named.onnx"
-        onnx.save(model, str(named))
-        return named, info
-    return model_path, info
+    """The model to quantize (a prepared copy: see graph.prepare_for_quantization) and its ModelInfo."""
+    info = graph.model_info(graph.load(model_path))
+    return graph.prepare_for_quantization(model_path, work / "prepared.onnx"), info
 
 
 def calibrate_profile(
@@ -184,7 +177,7 @@ def calibrate_profile(
                                 percentile=percentile, desc=f"calibrating {profile.name}")
         ranges_json = to_jsonable(ranges)
         model = graph.load(src)
-        rule_float = graph.softmax_consumers(model)
+        rule_float = graph.softmax_neighbors(model)
         quantizable = [n.name for n in graph.quantizable_nodes(model)]
         out_name = info.outputs[0].name if info.outputs else model.graph.output[0].name
         metric = metric or metric_for(info.task)
@@ -208,7 +201,7 @@ def calibrate_profile(
         if cset.heldout:
             held_feeds = [feed(it, s, f"held-out sample {k}") for k, it in enumerate(cset.heldout)
                           for s in eval_sizes(profile)]
-            scorer = Scorer.make(src, held_feeds, out_name, metric, threads)
+            scorer = Scorer.make(model_path, held_feeds, out_name, metric, threads)
             result.heldout = len(cset.heldout)
             result.drop_all_int8 = result.drop = scorer.score(candidate)
             if max_drop is not None and result.drop > max_drop:
@@ -295,7 +288,7 @@ class CalibrationResult:
                 lines.append(f"  {p.profile.name}: kept float {g['group']} ({len(g['nodes'])} nodes): drop "
                              f"{g['drop_before']:.4f} -> {g['drop_after']:.4f}")
             if p.rule_float_nodes:
-                lines.append(f"  {p.profile.name}: kept float by rule (read a Softmax output): "
+                lines.append(f"  {p.profile.name}: kept float by rule (attention MatMuls around a Softmax): "
                              f"{len(p.rule_float_nodes)} nodes")
         return "\n".join(lines)
 

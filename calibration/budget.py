@@ -1,6 +1,7 @@
 """The accuracy budget: keep the fewest node blocks in float so the held-out drop meets ``--max-drop``.
 
-Greedy, by measurement: round one re-quantizes the model with each block in turn kept float and scores
+Feasibility first: each block is quantized alone (all else float); if even the least harmful one
+breaks the budget, no INT8 model meets it. Then greedy, by measurement: round one re-quantizes the model with each block in turn kept float and scores
 it on the held-out samples; the block whose float-keeping helps most is kept float; later rounds
 re-score the ``BEAM`` most helpful remaining blocks of the previous round (with the blocks already
 chosen kept float) and take the best again, until the budget is met. If every block would have to stay
@@ -46,6 +47,26 @@ def fit_budget(
     evaluations = 0
     best_path: Path | None = None
     with Progress(None, desc) as bar:
+        # Feasibility first: the least harmful block quantized alone (everything else float) is the best
+        # any INT8 model can do if quantizing more never helps; if even that breaks the budget, stop here.
+        alone = {}
+        for g in groups:
+            path = work / f"alone_{len(alone)}.onnx"
+            build([n for other in groups if other != g for n in groups[other]], path)
+            alone[g] = score(path)
+            evaluations += 1
+            bar.update(1, note=f"only {g}: {alone[g]:.4f}")
+            if alone[g] <= max_drop:
+                break
+        least = min(alone, key=alone.get) if alone else None
+        if least is None or alone[least] > max_drop:
+            raise CalibrationError(
+                f"profile {name}: --max-drop {max_drop} ({metric}) cannot be met by any INT8 model: the drop is "
+                f"{drop:.4f} with every node in INT8, and still "
+                + (f"{alone[least]:.4f} with only the least harmful block ({least}) in INT8 and all else float"
+                   if least else "nothing is quantizable")
+                + "; raise --max-drop, calibrate with more or other data, or build this profile in fp32"
+            )
         while drop > max_drop:
             if len(remaining) <= 1:
                 detail = (f"even with {len(chosen)} of {len(groups)} node blocks kept float the drop is {drop:.4f}"

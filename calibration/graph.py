@@ -15,6 +15,7 @@ from mrdeploy.runtime.modelinfo import InputInfo, ModelInfo, OutputInfo
 QUANTIZE_OP_TYPES = ("Conv", "MatMul", "Gemm")
 # Ops a Softmax output may pass through unchanged in layout terms before the attention MatMul.
 _PASS_THROUGH = {"Transpose", "Reshape", "Cast", "Identity", "Dropout", "Squeeze", "Unsqueeze", "Flatten"}
+_ELEMENTWISE = {"Mul", "Div", "Add", "Sub", "Where"}  # scaling, masks and biases on attention logits
 
 
 def load(path: str | Path) -> onnx.ModelProto:
@@ -47,13 +48,19 @@ def quantizable_nodes(model: onnx.ModelProto, op_types=QUANTIZE_OP_TYPES) -> lis
     return [n for n in model.graph.node if n.op_type in op_types]
 
 
-def softmax_consumers(model: onnx.ModelProto, op_types=QUANTIZE_OP_TYPES) -> list[str]:
-    """Names of quantizable nodes that read a Softmax output (through layout-only ops).
+def softmax_neighbors(model: onnx.ModelProto, op_types=QUANTIZE_OP_TYPES) -> list[str]:
+    """Names of quantizable nodes next to a Softmax: those reading its output (attn @ v) and those making
+    its input (q @ k^T), through layout-only and elementwise ops.
 
-    Quantizing such a node's input quantizes the attention weights: with 1000+ tokens most of them fall
-    below one quantization step and the output collapses, so these nodes stay float (and so does the
-    Softmax, which is never in the quantized op types)."""
+    Quantizing the Softmax output quantizes the attention weights: with 1000+ tokens most of them fall
+    below one quantization step and the output collapses. Quantizing its input (the attention logits)
+    puts quantization error inside the exponential. Both MatMuls stay float, and so does the Softmax
+    (never in the quantized op types); they are activation x activation products, cheap to keep float."""
     producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
 
     def from_softmax(tensor: str, depth: int = 0) -> bool:
         node = producer.get(tensor)
@@ -63,7 +70,16 @@ def softmax_consumers(model: onnx.ModelProto, op_types=QUANTIZE_OP_TYPES) -> lis
             return True
         return node.op_type in _PASS_THROUGH and bool(node.input) and from_softmax(node.input[0], depth + 1)
 
-    return [n.name for n in model.graph.node if n.op_type in op_types and any(from_softmax(i) for i in n.input)]
+    def to_softmax(tensor: str, depth: int = 0) -> bool:
+        for node in consumers.get(tensor, []):
+            if node.op_type == "Softmax":
+                return True
+            if depth < 4 and node.op_type in _PASS_THROUGH | _ELEMENTWISE and to_softmax(node.output[0], depth + 1):
+                return True
+        return False
+
+    return [n.name for n in model.graph.node if n.op_type in op_types
+            and (any(from_softmax(i) for i in n.input) or to_softmax(n.output[0]))]
 
 
 def _scope(node: onnx.NodeProto) -> str | None:
@@ -120,3 +136,69 @@ def ensure_node_names(model: onnx.ModelProto) -> bool:
             changed = True
         seen.add(n.name)
     return changed
+
+
+def constant_castlike(model: onnx.ModelProto) -> int:
+    """Turn ``CastLike(initializer, x)`` with a known x dtype into an initializer of that dtype.
+
+    torch.onnx writes the zero bias of a bias-free Conv as ``Expand(CastLike(0, input), shape)``; the
+    CastLike reads the input, so nothing folds it, and the Conv + BatchNormalization pair can then not be
+    fused, which leaves float work between every Q/DQ pair. Returns how many were replaced."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    keep, added = [], 0
+    for node in model.graph.node:
+        if node.op_type == "CastLike" and node.input[0] in inits and types.get(node.input[1]):
+            value = numpy_helper.to_array(inits[node.input[0]])
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(types[node.input[1]])
+            model.graph.initializer.append(numpy_helper.from_array(value.astype(dtype), node.output[0]))
+            added += 1
+        else:
+            keep.append(node)
+    if added:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return added
+
+
+def prepare_for_quantization(src: str | Path, dst: str | Path) -> Path:
+    """What onnxruntime recommends before static quantization, on a copy: constant CastLikes folded,
+    then ORT's basic graph optimizations (constant folding, Conv+BatchNormalization/Add/Mul fusion) and
+    shape inference. Falls back to the plain copy if the optimizer fails."""
+    import contextlib
+    import io
+    import logging
+
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    ort.set_default_logger_severity(3)
+    model = load(src)
+    constant_castlike(model)
+    ensure_node_names(model)
+    onnx.save(model, str(dst))
+    optimized = Path(dst).with_name(Path(dst).stem + ".pre.onnx")
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(dst), str(optimized), skip_symbolic_shape=True)
+        pre = onnx.load(str(optimized))
+        for old, new in zip(model.graph.input, pre.graph.input):
+            if old.type != new.type:  # a dynamic axis became static: keep the unoptimized copy
+                return Path(dst)
+        ensure_node_names(pre)
+        pre.ClearField("metadata_props")
+        pre.metadata_props.extend(model.metadata_props)
+        onnx.save(pre, str(dst))
+    except Exception:
+        pass
+    finally:
+        logger.setLevel(level)
+        optimized.unlink(missing_ok=True)
+    return Path(dst)

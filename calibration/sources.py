@@ -14,6 +14,8 @@ callable or arrays, the arrays themselves.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -139,8 +141,6 @@ def load_callable(spec: str, n: int) -> Samples:
     module_name, _, attr = spec.rpartition(":")
     try:
         if module_name.endswith(".py"):
-            import importlib.util
-
             file = Path(module_name).resolve()
             mod_spec = importlib.util.spec_from_file_location(file.stem, file)
             module = importlib.util.module_from_spec(mod_spec)
