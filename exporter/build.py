@@ -179,7 +179,8 @@ def build_bundle(
 
     output = Path(output)
     result = BuildResult(path=output)
-    src_session = cpu_session(source.proto, threads or 1) if backend == "onnxruntime" else None
+    check_threads = threads or min(4, os.cpu_count() or 1)
+    src_session = cpu_session(source.proto, check_threads) if backend == "onnxruntime" else None
     entries = []
     show = None if not quiet else False
     with atomic_dir(output) as tmp:
@@ -206,7 +207,7 @@ def build_bundle(
                         model = convert_to_fp16(model)
                     atol, rtol, min_c = TOLERANCES.get(prec, (5e-2, 5e-2, 0.99))
                     rows = check_specialized(
-                        src_session, model, profile, atol=atol, rtol=rtol, min_cosine=min_c, threads=threads or 1
+                        src_session, model, profile, atol=atol, rtol=rtol, min_cosine=min_c, threads=check_threads
                     )
                     result.check_rows.extend(rows)
                     _check(f"{prec} specialized", rows, profile, format_check_table(rows))

@@ -124,6 +124,15 @@ def test_build_engine_profile_errors(conv, tmp_path, capsys, args, message):
     assert not out.exists() and _leftovers(tmp_path, "bundle") == []
 
 
+def test_build_engine_cli_prints_the_table(conv, tmp_path, capsys):
+    main(["build-engine", str(conv), "-o", str(tmp_path / "b"), "--profile", "s=32-64@48", "--profile", "64x96", "--batch", "1-2", "-q"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["profile", "sizes", "(min-max@opt)", "backend", "prec", "nodes", "check", "err", "cosine", "time"]
+    assert lines[1].split()[:6] == ["s", "32-64@48", "batch", "1-2@1", "onnxruntime", "fp32"]
+    assert lines[2].split()[:4] == ["p1_64x96", "64x96", "batch", "1-2@1"]
+    assert lines[-1] == f"wrote {tmp_path / 'b'} (2 profiles, policy pad)"
+
+
 def test_fixed_size_model_rejects_a_ranged_profile(tmp_path):
     fixed = _conv_model(tmp_path / "fixed.onnx", h=64, w=96, batch=1)
     with pytest.raises(ProfileError) as e:
