@@ -145,3 +145,42 @@ def export_example(name: str, out_path: str | Path, validate: bool = False, **ov
     kwargs.update(overrides)
     result = export(spec.factory_path, spec.input_shape, out_path, validate=validate, **kwargs)
     return result.path
+
+
+def cli_args(name: str, out: str | Path) -> list[str]:
+    """The ``mrdeploy export`` arguments that export this example (paths relative to the repo root)."""
+    spec = get_spec(name)
+    shapes = spec.input_shape if isinstance(spec.input_shape, dict) else {None: spec.input_shape}
+
+    def fmt(v) -> str:
+        return "x".join(map(str, v)) if isinstance(v, tuple | list) else str(v)
+
+    def per_input(flag: str, value) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, dict):
+            return [a for n, v in value.items() for a in (flag, f"{n}={fmt(v)}")]
+        return [flag, fmt(value)]
+
+    args = [spec.factory, "-o", str(out)]
+    for n, s in shapes.items():
+        args += ["--input-shape", fmt(s) if n is None else f"{n}={fmt(s)}"]
+    for k, v in spec.model_args.items():
+        args += ["--model-arg", f"{k}={v}"]
+    args += per_input("--divisor", spec.divisor) + per_input("--min-size", spec.min_size)
+    args += per_input("--max-size", spec.max_size)
+    args += ["--mean", ",".join(map(str, spec.mean)), "--std", ",".join(map(str, spec.std))]
+    args += ["--task", spec.task, "--name", spec.name, "--output-names", ",".join(spec.output_names)]
+    for n, stride in (spec.spatial_outputs or {}).items():
+        args += ["--spatial-output", f"{n}:{stride}"]
+    if (ROOT / spec.checkpoint).is_file():
+        args += ["--checkpoint", spec.checkpoint.as_posix()]
+    return args
+
+
+if __name__ == "__main__":  # print the mrdeploy export command of each example (run from the repo root)
+    import shlex
+    import sys
+
+    for example in sys.argv[1:] or list(EXAMPLES):
+        print(shlex.join(["mrdeploy", "export", *cli_args(example, f"build/{example}.onnx")]))

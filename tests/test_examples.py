@@ -140,3 +140,16 @@ def test_tracker_two_inputs_export_and_sweep(tracker_export):
 def test_export_example_overrides(tmp_path):
     path = export_example("seg", tmp_path / "seg.onnx", exporter="torchscript", optimize=False)
     assert path == tmp_path / "seg.onnx" and path.is_file()
+
+
+def test_zoo_cli_args_parse_as_mrdeploy_export():
+    from examples.zoo import cli_args
+    from mrdeploy.cli.export import command
+
+    ctx = command.make_context("export", cli_args("tracker", "t.onnx"))
+    p = ctx.params
+    assert p["model"] == "examples/tracker.py:siamese_tracker" and p["output"] == "t.onnx"
+    assert p["input_shapes"] == ("template=1x3x128x128", "search=1x3x256x256")
+    assert p["min_size"] == ("template=112", "search=224") and p["spatial_outputs"] == ("response:8",)
+    ctx = command.make_context("export", cli_args("seg", "s.onnx"))
+    assert ctx.params["task"] == "segmentation" and ctx.params["divisor"] == ("16",)
