@@ -84,6 +84,29 @@ def test_metadata_is_read_when_present(tmp_path):
     assert read_model(path, divisor=16).info.inputs[0].divisor == 16  # flags override metadata
 
 
+def test_models_mrdeploy_cannot_feed_are_rejected(tmp_path):
+    def one_input(name, elem, dims):
+        g = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", elem, dims)], [helper.make_tensor_value_info("y", elem, dims)],
+        )
+        path = tmp_path / name
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    with pytest.raises(ExportError, match=r"input 'x': expected an NCHW float image input \(rank 4, float\), got rank 2 with ONNX elem_type 7"):
+        read_model(one_input("ids.onnx", TensorProto.INT64, ["n", 16]))
+    with pytest.raises(ExportError, match=r"input 'x': expected a fixed channel count in dim 1 \(NCHW\), got 'c'"):
+        read_model(one_input("c.onnx", TensorProto.FLOAT, ["n", "c", "h", "w"]))
+    path = one_input("ok.onnx", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    with pytest.raises(ExportError, match=r"--mean: expected 3 values \(one per channel\) or 1, got 2"):
+        read_model(path, mean="0.5,0.5")
+    with pytest.raises(ExportError, match=r"--std: expected positive values, got \[0.0, 1.0, 1.0\]"):
+        read_model(path, std=[0, 1, 1])
+    with pytest.raises(ExportError, match=r"no such file"):
+        read_model(tmp_path / "missing.onnx")
+
+
 @pytest.mark.parametrize("cut", [0.5, 0.9])
 def test_corrupt_or_truncated_model_is_rejected(conv, tmp_path, cut):
     data = conv.read_bytes()
