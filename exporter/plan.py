@@ -152,8 +152,12 @@ class Plan:
     def chosen(self) -> Choice:
         return self.choices[-1]
 
-    def profile_strings(self, mode: str | None = None) -> list[str]:
-        """Profile strings ``build-engine --profile`` accepts, for the chosen K."""
+    def profile_strings(
+        self, mode: str | None = None, input_name: str | None = None, others: Sequence[str] = ()
+    ) -> list[str]:
+        """Profile strings ``build-engine --profile`` accepts, for the chosen K. For a model with several
+        image inputs, ``input_name`` is the planned one and ``others`` the fixed specs of the rest
+        (``["template:112-128@128"]``), appended to every profile."""
         mode = mode or self.mode
         out = []
         for i, b in enumerate(self.chosen.buckets):
@@ -162,6 +166,8 @@ class Plan:
                 spec = _side(b.size)
             else:
                 spec = f"{_side(b.min)}-{_side(b.size)}@{_side(b.opt)}"
+            if input_name:
+                spec = ",".join([f"{input_name}:{spec}", *others])
             out.append(f"{name}={spec}")
         return out
 
@@ -178,10 +184,10 @@ class Plan:
             lines.append(f"{c.k:>2}  {c.padded_fraction:>7.1%}  {c.method:<10}  {desc}")
         return "\n".join(lines)
 
-    def to_file_dict(self) -> dict:
+    def to_file_dict(self, input_name: str | None = None, others: Sequence[str] = ()) -> dict:
         c = self.chosen
         return {
-            "profiles": self.profile_strings(),
+            "profiles": self.profile_strings(input_name=input_name, others=others),
             "plan": {
                 "inputs": self.total,
                 "skipped": self.skipped,

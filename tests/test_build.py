@@ -245,7 +245,8 @@ def test_a_failure_mid_build_leaves_no_bundle_and_keeps_the_old_one(conv, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
-def test_two_input_model(tmp_path):
+def _two_input_model(path):
+    """template + search inputs (dims named per input), a spatial response on the search grid."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), n) for n in ("wt", "ws")]
     nodes = [
@@ -258,8 +259,12 @@ def test_two_input_model(tmp_path):
         helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", 3, f"{n}_h", f"{n}_w"]) for n in ("template", "search")
     ]
     out = [helper.make_tensor_value_info("response", TensorProto.FLOAT, ["b", 4, "search_h", "search_w"])]
-    path = tmp_path / "two.onnx"
     onnx.save(helper.make_model(helper.make_graph(nodes, "g", ins, out, inits), opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_two_input_model(tmp_path):
+    path = _two_input_model(tmp_path / "two.onnx")
     info = read_model(path).info
     assert [o.spatial for o in info.outputs] == [True]
     res = build_bundle(path, tmp_path / "b", ["near=template:32-64@48,search:64-128@96", "template:64,search:128"], quiet=True)

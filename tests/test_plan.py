@@ -132,3 +132,29 @@ def test_cli_plan_writes_a_file_build_engine_accepts(tmp_path, capsys):
     m = Manifest.read(tmp_path / "b")
     assert [e.name for e in m.profiles] == ["p0_64x96", "p1_128x128"]
     assert m.profiles[0].profile.inputs["x"].max == (1, 3, 64, 96)
+
+
+def test_cli_plan_for_a_model_with_two_inputs(tmp_path, capsys):
+    from tests.test_build import _two_input_model
+
+    model = _two_input_model(tmp_path / "two.onnx")
+    listing = tmp_path / "sizes.txt"
+    listing.write_text("64x64 5\n96x128 5\n")
+    args = ["profiles", "plan", "--sizes-from", str(listing), "--max-profiles", "2", "--model", str(model)]
+    for extra, message in [
+        ([], "has 2 image inputs (template, search): name the planned one with --input"),
+        (["--input", "search"], "--with: expected a spec for each other input ['template']"),
+    ]:
+        with pytest.raises(SystemExit):
+            main([*args, *extra])
+        assert message in capsys.readouterr().err
+    out = tmp_path / "p.yaml"
+    main([*args, "--input", "search", "--with", "template:32-64@48", "-o", str(out)])
+    assert yaml.safe_load(out.read_text())["profiles"] == [
+        "p0_64x64=search:64,template:32-64@48",
+        "p1_96x128=search:96x128,template:32-64@48",
+    ]
+    main(["build-engine", str(model), "-o", str(tmp_path / "b"), "--profiles", str(out), "-q"])
+    m = Manifest.read(tmp_path / "b")
+    assert m.profiles[1].profile.inputs["search"].max == (1, 3, 96, 128)
+    assert m.profiles[1].profile.inputs["template"].opt == (1, 3, 48, 48)

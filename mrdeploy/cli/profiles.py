@@ -20,8 +20,11 @@ def command() -> None:
 @click.option("--model", "model", type=click.Path(dir_okay=False), help="Take divisor and size range from this ONNX model's metadata.")
 @click.option("--mode", type=click.Choice(["static", "ranged"]), default="static", show_default=True,
               help="static: profiles at the planned sizes (the runtime pads to them); ranged: each spans the sizes it serves.")
+@click.option("--input", "input_name", help="Models with several image inputs: the input whose sizes are planned.")
+@click.option("--with", "others", multiple=True,
+              help="Models with several image inputs: the spec of each other input, e.g. template:112-128@128.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the chosen profiles here (YAML) for build-engine --profiles.")
-def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, output):
+def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, input_name, others, output):
     """Propose profiles that minimize the padded pixels of your data's sizes."""
     import yaml
 
@@ -40,12 +43,25 @@ def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, out
 
     lo, hi = size(min_size), size(max_size)
     if model:
+        from mrdeploy.errors import ProfileError
         from mrdeploy.exporter.onnx_model import read_model
 
         info = read_model(model).info
-        first = info.inputs[0]
-        if len(info.inputs) > 1:
-            click.echo(f"note: the model has {len(info.inputs)} image inputs; planning for {first.name!r}")
+        names = [i.name for i in info.inputs]
+        if len(names) > 1:
+            if input_name not in names:
+                raise ProfileError(
+                    f"{model} has {len(names)} image inputs ({', '.join(names)}): name the planned one with "
+                    f"--input and give the others with --with (e.g. --input {names[-1]} --with {names[0]}:SPEC), "
+                    f"got --input {input_name!r}"
+                )
+            given = {o.split(":", 1)[0] for o in others}
+            missing = [n for n in names if n != input_name and n not in given]
+            if missing:
+                raise ProfileError(f"--with: expected a spec for each other input {missing}, e.g. --with {missing[0]}:224")
+        elif input_name is None:
+            others = ()
+        first = info.input(input_name) if input_name else info.inputs[0]
         divisor = divisor or first.divisor
         lo = lo or first.min_size
         hi = hi or first.max_size
@@ -57,10 +73,10 @@ def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, out
     chosen = result.chosen
     click.echo(
         f"chosen: K={chosen.k} ({chosen.method}), expected padded pixels {chosen.padded_fraction:.1%}: "
-        + " ".join(f"--profile {p}" for p in result.profile_strings())
+        + " ".join(f"--profile {p}" for p in result.profile_strings(input_name=input_name, others=others))
     )
     if output:
         text = "# written by `mrdeploy profiles plan`; use with `mrdeploy build-engine --profiles FILE`\n"
-        text += yaml.safe_dump(result.to_file_dict(), sort_keys=False)
+        text += yaml.safe_dump(result.to_file_dict(input_name, others), sort_keys=False)
         write_text_atomic(output, text)
         click.echo(f"wrote {output}")
