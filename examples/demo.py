@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="report", help="Report directory (default: report/).")
     ap.add_argument("--quick", action="store_true", help="Fewer images, samples and runs (for tests).")
+    ap.add_argument("--onnx", help="Use this exported ViT (from `mrdeploy export`) instead of step 1.")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out = out if out.is_absolute() else (Path.cwd() / out)
@@ -229,12 +230,16 @@ def main(argv: list[str] | None = None) -> int:
 
     labels = out / "labels.txt"
     labels.write_text("".join(f"{i}\n" for i in range(10)))
-    demo.run("export with the resolution sweep", [
-        "export", FACTORY, *model_args, *ckpt_args, "--input-shape", "1x3x128x128", "--name", "vit",
-        "--task", "classification", "--labels", rel(labels),
-        "--divisor", "8", "--min-size", "32", "--max-size", "512", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5",
-        "-o", rel(onnx_path),
-    ])
+    if args.onnx:
+        shutil.copyfile(args.onnx, onnx_path)
+        demo.python_step("export (given)", f"cp {args.onnx} {rel(onnx_path)}",
+                         lambda: f"--onnx given: using {args.onnx} instead of exporting")
+    else:
+        demo.run("export with the resolution sweep", [
+            "export", FACTORY, *model_args, *ckpt_args, "--input-shape", "1x3x128x128", "--name", "vit",
+            "--task", "classification", "--labels", rel(labels), "--divisor", "8", "--min-size", "32",
+            "--max-size", "512", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "-o", rel(onnx_path),
+        ])
     n_images = 27 if q else 90
     demo.python_step(
         "images of varied sizes",
@@ -264,12 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.run("run on images", ["run", rel(bundle), *sorted(rel(p) for p in run_dir.glob("*.png")), "--top-k", "3"])
     demo.run("parity on labeled digits", [
         "parity", rel(bundle), "--reference", FACTORY, *model_args, *ckpt_args, "--data", "digits",
-        "--samples", "32" if q else "128", "--min-cosine", "0.99", "--max-top1-drop", "0.05",
+        "--samples", "8" if q else "96", "--min-cosine", "0.99", "--max-top1-drop", "0.05",
         "--threads", "2", "-o", rel(out / "parity"),
     ])
     demo.run("bench", [
         "bench", rel(bundle), "--reference", FACTORY, *model_args, *ckpt_args, "--threads", "2",
-        "--runs", "5" if q else "40", "--warmup", "1" if q else "5", "-o", rel(out / "bench"),
+        "--runs", "3" if q else "30", "--warmup", "1" if q else "3", "-o", rel(out / "bench"),
     ])
     readme = demo.write_readme(notes=notes)
     total = time.perf_counter() - demo.t0

@@ -217,7 +217,7 @@ def bench(
     """Measure the bundle, the dynamic ONNX model (the bundle's model.onnx, or ``reference`` .onnx) and
     the PyTorch model (``reference`` module:factory) at each size; write bench.json/.md/.png to ``out``."""
     from mrdeploy.parity import _decision, default_sizes
-    from mrdeploy.references import OnnxReference, TorchReference, is_onnx_path
+    from mrdeploy.references import OnnxReference, TorchReference, is_onnx_path, quiet_threads
     from mrdeploy.runtime import load
 
     t0 = time.perf_counter()
@@ -240,16 +240,11 @@ def bench(
     onnx_ref = OnnxReference(onnx_path, threads=threads, spin=spin)
     torch_ref = None
     if torch_specs:
-        if not spin:
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         torch_ref = TorchReference(torch_specs[0], onnx_ref.input_names, onnx_ref.output_names,
-                                   checkpoint=checkpoint, model_args=model_args, threads=threads)
+                                   checkpoint=checkpoint, model_args=model_args, threads=threads, spin=spin)
     runner = load(bundle, threads=threads)
     if not spin:
-        for e in runner.entries:  # in memory only: the bundle on disk is not touched
-            if e.backend == "onnxruntime":
-                e.options = {**e.options, "session_config": {**(e.options.get("session_config") or {}),
-                                                             "session.intra_op.allow_spinning": "0"}}
+        quiet_threads(runner)
     bundle_policy = policy or manifest.policy
     input_names = [i.name for i in model.inputs] or onnx_ref.input_names
     channels = {i.name: i.channels for i in model.inputs}

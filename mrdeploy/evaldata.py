@@ -126,6 +126,9 @@ class EvalData:
             self.kind, self.labeled = spec, True
             self.name = "digits (held-out, labeled)" if spec == "digits" else "shapes (held-out scenes, masks)"
             self._data = examples_data()
+            if spec == "digits":
+                images, labels = self._data.digits("heldout")
+                self._digits = (images[: self.samples], labels[: self.samples])
             return
         path = Path(spec)
         if not path.is_dir():
@@ -179,8 +182,8 @@ class EvalData:
         h, w = point[name]
         mean, std = info[name].mean, info[name].std
         if self.kind == "digits":
-            x, y = self._data.digits_batch((h, w), split="heldout", n=self.samples, mean=mean, std=std)
-            return {name: x}, y
+            images, y = self._digits
+            return {name: self._data.digits_at(images, (h, w), mean, std)}, y
         if self.kind == "shapes":
             x, y = self._data.shapes_batch(self.samples, (h, w), seed=self._data.HELDOUT_SHAPES_SEED, mean=mean, std=std)
             return {name: x}, y

@@ -395,7 +395,7 @@ def parity(
     ``module:factory`` / ``path.py:factory`` PyTorch model (``checkpoint``, ``model_args``), or a list
     of both. ``data``: "digits", "shapes", an image directory or None (noise).
     """
-    from mrdeploy.references import OnnxReference, TorchReference, is_onnx_path
+    from mrdeploy.references import OnnxReference, TorchReference, is_onnx_path, quiet_threads
     from mrdeploy.runtime import load
 
     t0 = time.perf_counter()
@@ -426,6 +426,7 @@ def parity(
         torch_ref = TorchReference(torch_specs[0], onnx_ref.input_names, onnx_ref.output_names,
                                    checkpoint=checkpoint, model_args=model_args, threads=threads)
     runner = load(bundle, threads=threads)
+    quiet_threads(runner)
     evaldata = EvalData(data, model, samples=samples, seed=seed)
     points = parse_sizes(sizes, input_names) if sizes else default_sizes(manifest)
     num_classes = len(model.labels) if model.labels else None

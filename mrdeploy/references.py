@@ -21,7 +21,7 @@ class OnnxReference:
 
     kind = "onnx"
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, spin: bool = True):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spin: bool = False):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -64,7 +64,10 @@ class TorchReference:
         checkpoint: str | os.PathLike | None = None,
         model_args: Mapping | None = None,
         threads: int | None = None,
+        spin: bool = False,
     ):
+        if not spin:  # before torch (and its OpenMP runtime) is first imported; see quiet_threads()
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
 
         if threads:
@@ -88,6 +91,21 @@ class TorchReference:
         else:
             values = [out]
         return {name: v.detach().float().numpy() for name, v in zip(self.output_names, values)}
+
+
+def quiet_threads(runner) -> None:
+    """Turn off ONNX Runtime's spin-waiting in a Runner's engines (in memory; the bundle is untouched).
+
+    Parity and bench run several models one after another on the same cores. ONNX Runtime's intra-op
+    threads busy-wait after each call by default, as do PyTorch's OpenMP threads, and those spinning
+    threads steal the cores from the next model (PyTorch ran ~10x slower in this state on 2 cores).
+    So every ORT session made here runs with ``session.intra_op.allow_spinning=0`` and PyTorch with
+    ``OMP_WAIT_POLICY=PASSIVE``.
+    """
+    for e in runner.entries:
+        if e.backend == "onnxruntime":
+            config = {**(e.options.get("session_config") or {}), "session.intra_op.allow_spinning": "0"}
+            e.options = {**e.options, "session_config": config}
 
 
 def load_torch_model(spec: str, checkpoint: str | os.PathLike | None = None, model_args: Mapping | None = None):
