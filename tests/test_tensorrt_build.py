@@ -185,3 +185,33 @@ def test_gpu_check_example_needs_a_gpu_even_with_tensorrt(monkeypatch, capsys):
 
     assert gpu_check.main([]) == 2
     assert "no CUDA GPU found" in capsys.readouterr().err
+
+
+def test_gpu_info_reads_cuda_python(monkeypatch):
+    import types
+
+    from mrdeploy.exporter.tensorrt_build import gpu_info
+
+    class Props:
+        name, major, minor = b"NVIDIA A10\x00\x00", 8, 6
+
+    devices = {"n": 1}
+    runtime = types.SimpleNamespace(
+        cudaGetDeviceCount=lambda: (0, devices["n"]),
+        cudaGetDeviceProperties=lambda i: (0, Props()),
+    )
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = runtime
+    cuda = types.ModuleType("cuda")
+    cuda.bindings = bindings
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    assert gpu_info() == ("NVIDIA A10", "8.6")
+    devices["n"] = 0
+    with pytest.raises(BackendUnavailable, match=r"no CUDA GPU found: cudaGetDeviceCount -> 0, 0"):
+        gpu_info()
+    monkeypatch.setitem(sys.modules, "cuda", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    with pytest.raises(BackendUnavailable, match=r"cuda-python is not installed"):
+        gpu_info()
