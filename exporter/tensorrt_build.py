@@ -52,22 +52,46 @@ def import_tensorrt():
 
 
 def gpu_info() -> tuple[str, str]:
-    """(GPU name, compute capability "8.6") of device 0 via cuda-python; BackendUnavailable without one."""
+    """(GPU name, compute capability "8.6") of device 0: via cuda-python, else ``nvidia-smi``;
+    BackendUnavailable without a GPU (the runtime needs the compute capability a plan was built for)."""
     try:
         try:
             from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
         except ImportError:
             from cuda import cudart  # older cuda-python
     except ImportError:
-        raise BackendUnavailable(f"{NEEDS} (cuda-python is not installed: pip install cuda-python)") from None
+        found = _nvidia_smi()
+        if found is None:
+            raise BackendUnavailable(
+                f"{NEEDS} (cuda-python is not installed and nvidia-smi found no GPU: pip install cuda-python)"
+            ) from None
+        return found
     err, count = cudart.cudaGetDeviceCount()
     if int(err) != 0 or count < 1:
-        raise BackendUnavailable(f"{NEEDS} (no CUDA GPU found: cudaGetDeviceCount -> {err}, {count})")
+        raise BackendUnavailable(f"{NEEDS} (no CUDA GPU found: cudaGetDeviceCount -> {int(err)}, {count})")
     err, props = cudart.cudaGetDeviceProperties(0)
     if int(err) != 0:
         raise BackendUnavailable(f"{NEEDS} (cudaGetDeviceProperties failed: {err})")
     name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
     return name, f"{props.major}.{props.minor}"
+
+
+def _nvidia_smi() -> tuple[str, str] | None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,compute_cap", "--format=csv,noheader", "--id=0"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip()
+        name, cc = (part.strip() for part in out.splitlines()[0].rsplit(",", 1))
+        return name, cc
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 @dataclass

@@ -213,5 +213,6 @@ def test_gpu_info_reads_cuda_python(monkeypatch):
         gpu_info()
     monkeypatch.setitem(sys.modules, "cuda", None)
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
-    with pytest.raises(BackendUnavailable, match=r"cuda-python is not installed"):
+    monkeypatch.setattr("shutil.which", lambda exe: None)
+    with pytest.raises(BackendUnavailable, match=r"cuda-python is not installed and nvidia-smi found no GPU"):
         gpu_info()
