@@ -216,3 +216,23 @@ def test_gpu_info_reads_cuda_python(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda exe: None)
     with pytest.raises(BackendUnavailable, match=r"cuda-python is not installed and nvidia-smi found no GPU"):
         gpu_info()
+
+
+def test_a_wrong_specialization_stops_before_tensorrt(model, tmp_path, monkeypatch):
+    import mrdeploy.exporter.specialize as sp
+
+    trt = install(monkeypatch, "10")
+    real = sp.specialize
+
+    def broken(m, profile):
+        s = real(m, profile)
+        s.model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 2, 3], np.float32), "scales_bad"))
+        for n in s.model.graph.node:
+            if n.op_type == "Resize":
+                n.input[2] = "scales_bad"
+        return s
+
+    monkeypatch.setattr(sp, "specialize", broken)
+    with pytest.raises(ExportError, match="profile 'small': the fp32 specialized model does not match the source ONNX model"):
+        _build(model, tmp_path)
+    assert trt.calls_to("Builder.build_serialized_network") == [] and list(tmp_path.iterdir()) == []
