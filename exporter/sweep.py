@@ -44,7 +44,7 @@ class SweepRow:
 
     @property
     def size(self) -> str:
-        return " ".join(f"{s[2]}x{s[3]}" for s in self.shapes.values())
+        return " / ".join(f"{s[2]}x{s[3]}" for s in self.shapes.values())
 
     @property
     def batch(self) -> int:
