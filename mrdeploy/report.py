@@ -113,23 +113,34 @@ def plot_parity(report: Mapping, path: str | os.PathLike) -> Path:
     }[metric]
     curves = _curves(rows, metric)
     errs = _curves(rows, "cosine", transform=lambda c: max(1.0 - c, 1e-9))
+    vs = {r["series"]: r.get("reference") for r in rows if r.get("reference")}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for ax, data, ylab, log in ((axes[0], curves, ylabel, False), (axes[1], errs, "1 - cosine vs reference", True)):
+    panels = ((axes[0], curves, ylabel, False), (axes[1], errs, "1 - cosine vs reference (floor 1e-9)", True))
+    for ax, data, ylab, log in panels:
         _profile_spans(ax, report.get("profiles", []), _side)
-        for key, pts in data.items():
+        # pytorch last and dashed: it is drawn over the ONNX curve it usually equals
+        for key in sorted(data, key=lambda k: k.startswith("pytorch")):
+            pts = data[key]
             if not pts:
                 continue
             xs, ys, markers = zip(*pts)
             style = "--" if key.startswith("pytorch") else "-"
-            ax.plot(xs, ys, style, color=_series_color(key), lw=1.4, label=key, alpha=0.9)
+            label = f"{key} vs {vs[key]}" if log and key in vs else key
+            ax.plot(xs, ys, style, color=_series_color(key), lw=1.4, label=label, alpha=0.9)
             for x, y, m in pts:
                 ax.plot([x], [y], m, color=_series_color(key), ms=5)
+        refused = sorted({r["side"] for r in rows if r.get("action") == "refused"})
+        if refused:
+            ax.plot(refused, [0.02] * len(refused), "x", color="#d62728", ms=8, transform=ax.get_xaxis_transform(),
+                    label="refused by the policy", clip_on=False)
         ax.set_xlabel("input resolution  sqrt(H*W)  [px]")
         ax.set_ylabel(ylab)
         if log:
             ax.set_yscale("log")
+        elif metric != "cosine":
+            ax.set_ylim(-0.02, 1.04)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower center")
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle(
         f"{report.get('model', 'model')}: parity vs input resolution "
         f"(data: {report.get('data', '?')}; shaded: profiles; o exact, s padded, ^ resized)",
