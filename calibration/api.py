@@ -172,9 +172,11 @@ def calibrate_profile(
         def feed(item, size, where):
             return {i.name: prepare(item, i, size[i.name], where) for i in inputs}
 
+        batch = graph.batch_limits(graph.load(src), set(profile.inputs))
         calib_feeds = [feed(it, sizes[k], f"calibration sample {k}") for k, it in enumerate(cset.calib)]
         ranges = compute_ranges(src, calib_feeds, method, symmetric=target == "tensorrt",
-                                percentile=percentile, desc=f"calibrating {profile.name}")
+                                percentile=percentile, desc=f"calibrating {profile.name}",
+                                batch=batch)
         ranges_json = to_jsonable(ranges)
         model = graph.load(src)
         rule_float = graph.softmax_neighbors(model)
@@ -201,7 +203,7 @@ def calibrate_profile(
         if cset.heldout:
             held_feeds = [feed(it, s, f"held-out sample {k}") for k, it in enumerate(cset.heldout)
                           for s in eval_sizes(profile)]
-            scorer = Scorer.make(model_path, held_feeds, out_name, metric, threads)
+            scorer = Scorer.make(model_path, held_feeds, out_name, metric, threads, batch)
             result.heldout = len(cset.heldout)
             result.drop_all_int8 = result.drop = scorer.score(candidate)
             if max_drop is not None and result.drop > max_drop:

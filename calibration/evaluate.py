@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrdeploy.calibration.preprocess import group_by_shape, stack
+from mrdeploy.calibration.preprocess import chunks, group_by_shape
 from mrdeploy.errors import CalibrationError
 
 METRICS = ("top1", "pixel", "cosine")
@@ -40,11 +40,12 @@ def session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_batches(sess, feeds: Sequence[dict[str, np.ndarray]], output: str) -> list[np.ndarray]:
+def run_batches(sess, feeds: Sequence[dict[str, np.ndarray]], output: str,
+                batch: tuple[int, int] = (1, BATCH)) -> list[np.ndarray]:
     """Run per-sample feeds grouped by shape in batches; returns per-shape-group outputs in group order."""
     outs = []
     for group in group_by_shape(feeds):
-        parts = [sess.run([output], stack(group[i:i + BATCH]))[0] for i in range(0, len(group), BATCH)]
+        parts = [sess.run([output], feed)[0][:real] for feed, real in chunks(group, batch, BATCH)]
         outs.append(np.concatenate(parts))
     return outs
 
@@ -76,14 +77,17 @@ class Scorer:
     metric: str
     reference: list[np.ndarray]
     threads: int | None = None
+    batch: tuple[int, int] = (1, BATCH)
 
     @classmethod
-    def make(cls, fp32_path, feeds, output: str, metric: str, threads: int | None = None) -> Scorer:
-        ref = run_batches(session(fp32_path, threads), feeds, output)
-        return cls(list(feeds), output, metric, ref, threads)
+    def make(cls, fp32_path, feeds, output: str, metric: str, threads: int | None = None,
+             batch: tuple[int, int] = (1, BATCH)) -> Scorer:
+        ref = run_batches(session(fp32_path, threads), feeds, output, batch)
+        return cls(list(feeds), output, metric, ref, threads, batch)
 
     def score(self, path: str | Path) -> float:
-        return drop(self.metric, self.reference, run_batches(session(path, self.threads), self.feeds, self.output))
+        got = run_batches(session(path, self.threads), self.feeds, self.output, self.batch)
+        return drop(self.metric, self.reference, got)
 
 
 def latency(

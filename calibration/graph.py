@@ -202,3 +202,17 @@ def prepare_for_quantization(src: str | Path, dst: str | Path) -> Path:
         logger.setLevel(level)
         optimized.unlink(missing_ok=True)
     return Path(dst)
+
+
+def batch_limits(model: onnx.ModelProto, names) -> tuple[int, int]:
+    """Batch sizes the model's image inputs take: (b, b) when dim 0 is fixed to b, else (1, 8)."""
+    fixed = set()
+    for vi in model.graph.input:
+        if vi.name in names:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+                fixed.add(dims[0].dim_value)
+    if len(fixed) == 1:
+        b = fixed.pop()
+        return (b, b)
+    return (1, 8)

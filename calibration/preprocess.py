@@ -139,3 +139,25 @@ def group_by_shape(feeds: Sequence[dict[str, np.ndarray]]) -> list[list[dict[str
 def stack(feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Same-shape per-sample feeds (C, H, W) -> one batch feed (N, C, H, W)."""
     return {k: np.stack([f[k] for f in feeds]) for k in feeds[0]}
+
+
+def batch_range(profile: Profile) -> tuple[int, int]:
+    """The batch sizes every input of ``profile`` accepts."""
+    return (max(r.min[0] for r in profile.inputs.values()), min(r.max[0] for r in profile.inputs.values()))
+
+
+def chunks(
+    group: Sequence[dict[str, np.ndarray]], batch: tuple[int, int] = (1, 1 << 30), size: int = 8
+) -> list[tuple[dict[str, np.ndarray], int]]:
+    """Same-shape feeds -> (batch feed, real items) with batch sizes inside ``batch`` (a model built for
+    a fixed batch gets exactly that; a short last batch is padded by repeating its items)."""
+    lo, hi = batch
+    n = max(lo, min(size, hi))
+    out = []
+    for i in range(0, len(group), n):
+        part = list(group[i:i + n])
+        real = len(part)
+        while len(part) < lo:
+            part.append(part[len(part) % real])
+        out.append((stack(part), real))
+    return out

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mrdeploy._progress import Progress
-from mrdeploy.calibration.preprocess import group_by_shape, stack
+from mrdeploy.calibration.preprocess import chunks, group_by_shape
 from mrdeploy.errors import CalibrationError
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -53,6 +53,7 @@ def compute_ranges(
     symmetric: bool = False,
     percentile: float = 99.99,
     desc: str = "calibrating",
+    batch: tuple[int, int] = (1, CHUNK),
 ):
     """Ranges (onnxruntime TensorsData) of the inputs/outputs of ``op_types`` nodes over ``feeds``
     (per-sample dicts of C, H, W arrays; sizes may differ)."""
@@ -63,16 +64,15 @@ def compute_ranges(
     extra = {"symmetric": symmetric}
     if method == "percentile":
         extra["percentile"] = percentile
-    groups = group_by_shape(feeds)
-    chunks = [stack(g[i:i + CHUNK]) for g in groups for i in range(0, len(g), CHUNK)]
+    runs = [feed for g in group_by_shape(feeds) for feed, _ in chunks(g, batch, CHUNK)]
     with tempfile.TemporaryDirectory(prefix="mrdeploy-calib-") as tmp:
         calibrator = create_calibrator(
             Path(model_path), list(op_types), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=ort_method(method), extra_options=extra,
         )
         try:
-            with Progress(len(chunks), desc) as bar, _quiet_ort():
-                for chunk in chunks:
+            with Progress(len(runs), desc) as bar, _quiet_ort():
+                for chunk in runs:
                     calibrator.collect_data(_Reader([chunk]))
                     shape = next(iter(chunk.values())).shape
                     bar.update(1, note=f"{shape[-2]}x{shape[-1]}")
