@@ -188,3 +188,15 @@ def test_bad_inputs_are_clear(cls_bundle, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="expected image files .* found none"):
         parity(cls_bundle, data=str(tmp_path / "empty"), sizes="48")
+
+
+def test_two_input_model_sizes_per_input(tmp_path):
+    b = make_bundle(tmp_path / "two", "two", profiles=["p=template:32-64@48,search:64-128@96",
+                                                      "q=template:64-96@80,search:128-192@160"])
+    report = parity(b, samples=2, min_cosine=0.9999)
+    assert report.sizes[:3] == ["template:16x16+search:48x48", "template:32x32+search:64x64",
+                                "template:32x64+search:64x128"]
+    both = [r.profile for r in report.rows if r.size == "template:64x64+search:128x128" and r.target == "bundle"]
+    assert both == ["p", "q"]  # both overlapping profiles contain it: both are checked
+    report = parity(b, samples=2, sizes="template:80+search:160x192")
+    assert [(r.profile, r.action) for r in report.rows if r.target == "bundle"] == [("q", "exact")]
