@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from mrdeploy._atomic import atomic_file, write_text_atomic
+from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError
 from mrdeploy.exporter.loading import load_model
 from mrdeploy.exporter.metadata import build_model_info, write_metadata
-from mrdeploy.exporter.shapes import as_hw, check_size, fmt_shape, normalize_example, parse_size, per_input
+from mrdeploy.exporter.shapes import as_hw, check_size, fmt_shape, normalize_example, parse_sizes, per_input
 from mrdeploy.exporter.sweep import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -156,7 +157,6 @@ def export(
     raises (SweepError, an ExportError) and nothing is left at ``output``. ``report`` writes the result as
     JSON (also when the sweep fails).
     """
-    import numpy as np
     import onnx
     import torch
 
@@ -172,14 +172,7 @@ def export(
             raise ExportError(f"{len(input_names)} input name(s) {list(input_names)} for {len(example)} example shape(s)")
         example = dict(zip(input_names, example.values()))
     div, lo, hi = _settings(example, divisor, min_size, max_size, dynamic)
-    sizes = None
-    if validate_sizes is not None:
-        sizes = [parse_size(s) if isinstance(s, str | int) and not isinstance(s, bool) else as_hw(s, "validate size")
-                 for s in (validate_sizes.split(",") if isinstance(validate_sizes, str) else validate_sizes)]
-        sizes = [(s, s) if isinstance(s, int) else s for s in sizes]
-        for n in example:
-            for hw in sizes:
-                check_size(n, hw, div[n], lo[n], hi[n], "validate size")
+    sizes = _validate_sizes(validate_sizes, example, div, lo, hi)
     names = list(example)
     means = per_input(mean, names, "mean")
     stds = per_input(std, names, "std")
@@ -204,16 +197,20 @@ def export(
     if label_list and task == "classification" and refs[0].ndim == 2 and refs[0].shape[1] != len(label_list):
         raise ExportError(f"{len(label_list)} labels for a classifier with {refs[0].shape[1]} classes")
 
-    raw = export_onnx(
-        torch_model, tensors, out_names, dynamic=dynamic, exporter=exporter, opset=opset,
-        spatial_outputs={o.name for o in out_infos if o.spatial},
-    )
-    proto = raw.model
-    if optimize:
-        opt = run_optimize(proto)
-    else:
-        n = count_nodes(proto)
-        opt = OptimizeResult(proto, None, n, n)
+    with Progress(2, "export") as bar:
+        bar.update(0, note=f"{exporter} exporter")
+        raw = export_onnx(
+            torch_model, tensors, out_names, dynamic=dynamic, exporter=exporter, opset=opset,
+            spatial_outputs={o.name for o in out_infos if o.spatial},
+        )
+        bar.update(1, note="optimizing" if optimize else "exported")
+        proto = raw.model
+        if optimize:
+            opt = run_optimize(proto)
+        else:
+            n = count_nodes(proto)
+            opt = OptimizeResult(proto, None, n, n)
+        bar.update(1, note=f"{opt.nodes_before} -> {opt.nodes_after} nodes")
     proto = opt.model
     info = build_model_info(
         name or _default_name(model), task, example, div, lo, hi, means, stds, out_infos, label_list
@@ -250,11 +247,36 @@ def export(
                 if report is not None:
                     _write_report(report, result, error=str(e))
                 raise e from None
-    del np
     result.seconds = time.perf_counter() - start
     if report is not None:
         _write_report(report, result)
     return result
+
+
+def _validate_sizes(validate_sizes, example, div, lo, hi) -> list[dict[str, tuple[int, int]]] | None:
+    """``"96,160,384x256"`` (every input that size) or ``"112/224,128x128/384x256"`` (one per input)."""
+    if validate_sizes is None:
+        return None
+    items = parse_sizes(validate_sizes) if isinstance(validate_sizes, str) else list(validate_sizes)
+    names = list(example)
+    out = []
+    for item in items:
+        if isinstance(item, str | int) and not isinstance(item, bool):
+            item = parse_sizes(str(item))[0]
+        if isinstance(item, Mapping):
+            sizes = {n: as_hw(item[n], "validate size") for n in names if n in item}
+            if set(sizes) != set(names):
+                raise ExportError(f"validate size {dict(item)} must give a size for each input {names}")
+        elif len(item) == 2 and all(isinstance(v, int) for v in item):
+            sizes = {n: (int(item[0]), int(item[1])) for n in names}
+        elif len(item) == len(names):
+            sizes = {n: as_hw(v, "validate size") for n, v in zip(names, item)}
+        else:
+            raise ExportError(f"validate size {item!r}: expected HxW or one HxW per input ({len(names)}: {names})")
+        for n, hw in sizes.items():
+            check_size(n, hw, div[n], lo[n], hi[n], "validate size")
+        out.append(sizes)
+    return out
 
 
 def _default_name(model) -> str:

@@ -52,12 +52,13 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, int(m.group(2) or h)
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """``"96,160,384x256"`` -> [(96, 96), (160, 160), (384, 256)]."""
+def parse_sizes(text: str) -> list:
+    """``"96,160,384x256"`` -> [(96, 96), (160, 160), (384, 256)]; an item ``"112/224x320"`` gives one
+    size per input, in input order: ((112, 112), (224, 320))."""
     parts = [p for p in str(text).split(",") if p.strip()]
     if not parts:
         raise ExportError(f"size list {text!r} is empty: expected e.g. 96,160,384x256")
-    return [parse_size(p) for p in parts]
+    return [tuple(parse_size(q) for q in p.split("/")) if "/" in p else parse_size(p) for p in parts]
 
 
 def as_hw(value: Any, what: str) -> tuple[int, int] | None:

@@ -116,7 +116,7 @@ def plan_sizes(
     divisor: Mapping[str, int],
     min_size: Mapping[str, tuple[int, int] | None],
     max_size: Mapping[str, tuple[int, int] | None],
-    sizes: Sequence[tuple[int, int]] | None = None,
+    sizes: Sequence[Mapping[str, tuple[int, int]]] | None = None,
     dynamic: bool = True,
 ) -> list[tuple[str, dict[str, Shape]]]:
     """The sweep's (label, {input: NCHW}) cases; every input scaled by the same factor."""
@@ -141,8 +141,8 @@ def plan_sizes(
     base = {n: (1, *s[1:]) for n, s in example.items()}
     cases: list[tuple[str, dict[str, Shape]]] = [("export", base)]
     if sizes is not None:
-        for h, w in sizes:
-            cases.append(("given", {n: (1, s[1], h, w) for n, s in example.items()}))
+        for given in sizes:
+            cases.append(("given", {n: (1, s[1], *given[n]) for n, s in example.items()}))
     else:
         for f in SCALES:
             cases.append((f"{f:g}x", scaled(f, f, 1)))

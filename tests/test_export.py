@@ -55,6 +55,23 @@ class Unexportable(nn.Module):
         return torch.linalg.eigvalsh(m.T @ m).unsqueeze(0)
 
 
+class Pair(nn.Module):
+    """Two image inputs of different sizes, pooled and mixed."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, small, large):
+        return self.a(small).mean(dim=(2, 3)) * self.b(large).amax(dim=(2, 3))
+
+
+def pair():
+    torch.manual_seed(0)
+    return Pair()
+
+
 def good(num_classes: int = 5, seed: int = 0):
     torch.manual_seed(seed)
     return Good(num_classes).eval()
@@ -180,6 +197,25 @@ def test_validate_sizes_override(models, tmp_path):
     assert [(r.label, r.size, r.batch) for r in result.sweep.rows] == [
         ("export", "64x64", 1), ("given", "32x32", 1), ("given", "96x48", 1), ("batch 3", "64x64", 3)]
     assert result.sweep.passed
+
+
+def test_two_inputs_with_sizes_per_input(models, tmp_path):
+    shapes = {"small": (1, 3, 16, 16), "large": (1, 3, 64, 48)}
+    result = export(f"{models}:pair", shapes, tmp_path / "p.onnx", exporter="torchscript",
+                    divisor={"small": 8, "large": 16}, validate_sizes="8/32,24x16/48x80")
+    assert [(r.label, r.size, r.batch) for r in result.sweep.rows] == [
+        ("export", "16x16 / 64x48", 1), ("given", "8x8 / 32x32", 1), ("given", "24x16 / 48x80", 1),
+        ("batch 3", "16x16 / 64x48", 3)]
+    assert result.sweep.passed and [i.divisor for i in result.model_info.inputs] == [8, 16]
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in onnx.load(str(result.path)).graph.input}
+    assert dims["large"] == ["batch", 3, "large_height", "large_width"]
+    _fails(tmp_path, r"validate size 40x40 of input 'large' is not a multiple of the divisor 16", f"{models}:pair",
+           shape=shapes, divisor={"small": 8, "large": 16}, validate_sizes="16/40")
+    _fails(tmp_path, r"expected HxW or one HxW per input \(2: \['small', 'large'\]\)", f"{models}:pair",
+           shape=shapes, validate_sizes="16/32/48")
+    _fails(tmp_path, r"divisor names unknown input\(s\) \['tiny'\]", f"{models}:pair", shape=shapes,
+           divisor={"tiny": 8})
 
 
 # --- the planted baked shape -------------------------------------------------------------------------

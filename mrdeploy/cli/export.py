@@ -114,7 +114,8 @@ def _spatial(items):
               help="auto: dynamo, falling back to TorchScript (the reason is printed).")
 @click.option("--no-optimize", is_flag=True, help="Skip onnxslim.")
 @click.option("--no-validate", is_flag=True, help="Skip the resolution sweep.")
-@click.option("--validate-sizes", metavar="S,HxW,...", help="Sweep these sizes (batch 1, plus batch 3 at the export size).")
+@click.option("--validate-sizes", metavar="S,HxW,...",
+              help="Sweep these sizes (batch 1, plus batch 3 at the export size); several inputs: A/B per item, e.g. 112/224,128/384x256.")
 @click.option("--atol", type=float, help="Absolute tolerance (default 1e-4).")
 @click.option("--rtol", type=float, help="Tolerance relative to the output's scale, max |output| (default 1e-4).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the result and sweep as JSON.")
