@@ -190,7 +190,13 @@ def build_bundle(
     show = None if not quiet else False
     with atomic_dir(output) as tmp:
         (tmp / "profiles").mkdir()
-        shutil.copyfile(source.path, tmp / "model.onnx")
+        if source.external_data:  # one self-contained file in the bundle (ONNX protobufs stop at 2 GB)
+            try:
+                onnx.save(source.proto, str(tmp / "model.onnx"))
+            except ValueError as e:
+                raise ExportError(f"{source.path}: models over 2 GB (external data) cannot be bundled yet: {e}") from None
+        else:
+            shutil.copyfile(source.path, tmp / "model.onnx")
         with Progress(len(resolved), f"building {len(resolved)} profiles ({backend})", show=show) as bar:
             for profile in resolved:
                 bar.update(0, note=profile.name)

@@ -38,6 +38,7 @@ class SourceModel:
     # input name -> declared dims: an int where fixed, the symbol (str) or None where dynamic
     dims: dict[str, list[int | str | None]] = field(default_factory=dict)
     from_metadata: bool = False
+    external_data: bool = False  # weights stored beside the .onnx file (the bundle gets them inline)
 
     @property
     def node_count(self) -> int:
@@ -54,14 +55,25 @@ class SourceModel:
 
 def load_onnx(path: str | os.PathLike):
     """``onnx.load`` with a clear error for a missing, corrupt or truncated file."""
+    return _load(path)[0]
+
+
+def _load(path: str | os.PathLike):
+    """(model with its external data loaded, whether the file keeps weights in external data)."""
     import onnx
 
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"ONNX model {path}: no such file")
     size = path.stat().st_size
+    external = False
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+        external = uses_external_data(model)
+        if external:
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, str(path.parent))
     except Exception as e:  # protobuf DecodeError, external data missing, ...
         raise ExportError(
             f"ONNX model {path} ({size} bytes) cannot be read: corrupt or truncated file? "
@@ -76,7 +88,14 @@ def load_onnx(path: str | os.PathLike):
         onnx.checker.check_model(model)
     except Exception as e:
         raise ExportError(f"ONNX model {path} is not a valid ONNX model: {str(e).strip()[:300]}") from None
-    return model
+    return model, external
+
+
+def uses_external_data(model) -> bool:
+    """Whether any initializer of ``model`` (as stored on disk) lives in an external data file."""
+    from onnx import TensorProto
+
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def _dims(value_info) -> list[int | str | None]:
@@ -195,7 +214,7 @@ def read_model(
 ) -> SourceModel:
     """Load ``path`` and describe it: metadata if present, else inferred; flags override either."""
     path = Path(path)
-    model = load_onnx(path)
+    model, external = _load(path)
     props = {p.key: p.value for p in model.metadata_props}
     try:
         info = ModelInfo.from_metadata_props(props)
@@ -251,7 +270,9 @@ def read_model(
                 f"input {inp.name!r}: valid size range min {inp.min_size} is above max {inp.max_size}"
             )
     dims = {vi.name: _dims(vi) for vi in real_inputs}
-    return SourceModel(path=path, proto=model, info=info, dims=dims, from_metadata=from_metadata)
+    return SourceModel(
+        path=path, proto=model, info=info, dims=dims, from_metadata=from_metadata, external_data=external
+    )
 
 
 def check_against_model(source: SourceModel, profile: Profile) -> None:

@@ -217,6 +217,23 @@ def test_bundle_manifest_hashes_and_options(conv, tmp_path):
     assert sorted(p.name for p in (res.path / "profiles").iterdir()) == ["p0_64x64.onnx"]
 
 
+def test_a_model_with_external_data_becomes_a_self_contained_bundle(conv, tmp_path):
+    src = tmp_path / "ext" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save(onnx.load(str(conv)), str(src), save_as_external_data=True, location="m.weights", size_threshold=0)
+    assert (src.parent / "m.weights").is_file() and read_model(src).external_data
+    out = build_engine(src, tmp_path / "b", ["64"], quiet=True)
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(out), moved)
+    shutil.rmtree(src.parent)
+    m = Manifest.read(moved)
+    verify_artifacts(moved, m)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    a = cpu_session(moved / "model.onnx").run(None, {"x": x})
+    b = cpu_session(moved / m.profiles[0].artifact).run(None, {"x": x})
+    assert np.abs(a[0] - b[0]).max() < 1e-5
+
+
 def test_a_failure_mid_build_leaves_no_bundle_and_keeps_the_old_one(conv, tmp_path, monkeypatch):
     import mrdeploy.exporter.specialize as sp
 
