@@ -51,8 +51,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def sizes_from(path: str | os.PathLike) -> list[HW]:
-    """Image sizes (h, w): of every image under DIR (recursively; only headers are read), or from a text
-    file with one ``HxW`` per line (optionally ``HxW COUNT``; ``#`` starts a comment)."""
+    """Image sizes (h, w): of every image under DIR (recursively; only headers are read; EXIF orientation
+    applied, as the runtime does), or from a text file with one ``HxW`` per line (optionally
+    ``HxW COUNT``; ``#`` starts a comment)."""
     path = Path(path)
     if path.is_dir():
         return _sizes_from_dir(path)
@@ -80,6 +81,8 @@ def _sizes_from_images(files: Sequence[Path], where: Path) -> list[HW]:
         try:
             with Image.open(f) as im:  # reads the header only
                 w, h = im.size
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation: rotated 90/270, as the runtime serves it
+                    w, h = h, w
         except (UnidentifiedImageError, OSError, ValueError):
             bad.append(f)
             continue

@@ -103,6 +103,11 @@ def test_sizes_from_a_folder_and_a_text_file(tmp_path):
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     assert sorted(sizes_from(tmp_path / "imgs")) == [(240, 320), (240, 320), (480, 640)]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a camera JPEG stored landscape, shown portrait
+    Image.new("RGB", (200, 100)).save(tmp_path / "imgs" / "rot.jpg", exif=exif)
+    assert sorted(sizes_from(tmp_path / "imgs")) == [(200, 100), (240, 320), (240, 320), (480, 640)]
+    (tmp_path / "imgs" / "rot.jpg").unlink()
     listing = tmp_path / "sizes.txt"
     listing.write_text("# sizes\n480x640 3\n\n224x224\n")
     assert sizes_from(listing) == [(480, 640)] * 3 + [(224, 224)]
