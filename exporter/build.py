@@ -228,7 +228,10 @@ def build_bundle(
                     max_abs = max((r.max_abs for r in rows), default=None)
                     min_cos = min((r.cosine for r in rows), default=None)
                     artifact = f"profiles/{profile.name}.onnx"
-                    onnx.save(model, str(tmp / artifact))
+                    try:
+                        onnx.save(model, str(tmp / artifact))
+                    except ValueError as e:  # protobuf's 2 GB limit
+                        raise ExportError(f"profile {profile.name!r}: the specialized model cannot be saved: {e}") from None
                     options = session_settings(profile, threads)
                     options["check"] = {"max_abs": max_abs, "min_cosine": min_cos, "atol": atol, "rtol": rtol}
                 else:
