@@ -158,7 +158,6 @@ def export(
     JSON (also when the sweep fails).
     """
     import onnx
-    import torch
 
     from mrdeploy.exporter.onnx_export import export_onnx
     from mrdeploy.exporter.optimize import OptimizeResult, count_nodes
@@ -179,18 +178,8 @@ def export(
     label_list = _read_labels(labels)
 
     torch_model = load_model(model, model_args, checkpoint)
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {n: torch.randn(s, generator=gen) for n, s in example.items()}
-    try:
-        with torch.no_grad():
-            out = torch_model(*tensors.values())
-    except Exception as e:
-        shapes = ", ".join(f"{n} {fmt_shape(s)}" for n, s in example.items())
-        raise ExportError(f"the model's forward failed at the example shape ({shapes}): {type(e).__name__}: {e}") from e
-    refs = [out] if isinstance(out, torch.Tensor) else list(out.values() if isinstance(out, Mapping) else out)
-    if not refs or not all(isinstance(r, torch.Tensor) for r in refs):
-        raise ExportError(f"the model must return a tensor or a tuple/dict of tensors, got {type(out).__name__}")
-    out_names = list(output_names) if output_names else _default_output_names(len(refs), task)
+    tensors, refs, keys = _probe(torch_model, example, seed)
+    out_names = list(output_names) if output_names else (keys or _default_output_names(len(refs), task))
     if len(out_names) != len(refs):
         raise ExportError(f"{len(out_names)} output name(s) {out_names} for a model with {len(refs)} output(s)")
     out_infos = _outputs(refs, example, out_names, spatial_outputs, task)
@@ -251,6 +240,25 @@ def export(
     if report is not None:
         _write_report(report, result)
     return result
+
+
+def _probe(torch_model, example, seed: int):
+    """Run the model once at the example shape: (input tensors, output tensors, dict keys or None)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {n: torch.randn(s, generator=gen) for n, s in example.items()}
+    try:
+        with torch.no_grad():
+            out = torch_model(*tensors.values())
+    except Exception as e:
+        shapes = ", ".join(f"{n} {fmt_shape(s)}" for n, s in example.items())
+        raise ExportError(f"the model's forward failed at the example shape ({shapes}): {type(e).__name__}: {e}") from e
+    keys = [str(k) for k in out] if isinstance(out, Mapping) else None
+    refs = [out] if isinstance(out, torch.Tensor) else list(out.values() if isinstance(out, Mapping) else out)
+    if not refs or not all(isinstance(r, torch.Tensor) for r in refs):
+        raise ExportError(f"the model must return a tensor or a tuple/dict of tensors, got {type(out).__name__}")
+    return tensors, refs, keys
 
 
 def _validate_sizes(validate_sizes, example, div, lo, hi) -> list[dict[str, tuple[int, int]]] | None:

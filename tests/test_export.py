@@ -326,6 +326,9 @@ def test_bad_shapes_and_sizes(models, tmp_path):
     _fails(tmp_path, r"validate size 100x100 of input 'input' is not a multiple of the divisor 8", spec,
            divisor=8, validate_sizes="64,100")
     _fails(tmp_path, r"example size 32x32 of input 'input' is above the max size 16x16", spec, max_size=16)
+    _fails(tmp_path, r"the model's forward failed at the example shape \(input 1x1x32x32\): RuntimeError: ", spec,
+           shape=(1, 1, 32, 32))
+    _fails(tmp_path, r"2 output name\(s\) \['a', 'b'\] for a model with 1 output\(s\)", spec, output_names=["a", "b"])
     _fails(tmp_path, r"5 labels for a classifier with 3 classes", spec, model_args={"num_classes": 3},
            labels=list("abcde"))
 
