@@ -123,6 +123,14 @@ class EvalData:
                     f"data {spec!r} is for a {want} model with one image input, got a {model.task} model "
                     f"with inputs {self.input_names}"
                 )
+            classes = 10 if spec == "digits" else 4
+            if model.labels is not None and len(model.labels) != classes:
+                raise InputError(
+                    f"data {spec!r} has {classes} classes, the model has {len(model.labels)} labels "
+                    f"({', '.join(model.labels[:6])}{', ...' if len(model.labels) > 6 else ''})"
+                )
+            if model.inputs[0].channels != 3:
+                raise InputError(f"data {spec!r} is RGB (3 channels), the model's input has {model.inputs[0].channels}")
             self.kind, self.labeled = spec, True
             self.name = "digits (held-out, labeled)" if spec == "digits" else "shapes (held-out scenes, masks)"
             self._data = examples_data()

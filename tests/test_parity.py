@@ -185,6 +185,8 @@ def test_bad_inputs_are_clear(cls_bundle, tmp_path):
         parity(cls_bundle, sizes="48", checkpoint="x.pt")
     with pytest.raises(InputError, match="data 'shapes' is for a segmentation model with one image input, got a classification"):
         parity(cls_bundle, data="shapes", sizes="48")
+    with pytest.raises(InputError, match=r"data 'digits' has 10 classes, the model has 5 labels \(airplane, bird, cat, dog, frog\)"):
+        parity(cls_bundle, data="digits", sizes="48")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="expected image files .* found none"):
         parity(cls_bundle, data=str(tmp_path / "empty"), sizes="48")
