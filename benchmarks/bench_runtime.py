@@ -120,8 +120,10 @@ def specialized_vs_dynamic(bundle: Path, runs: int, threads: int) -> list[dict]:
                          "dynamic": lambda s=dyn, f=feeds, n=names: s.run(n, f)}, runs)
         ms, md = statistics.median(t["specialized"]), statistics.median(t["dynamic"])
         opt = next(iter(e.profile.inputs.values())).opt
+        paired = statistics.median(d / s for d, s in zip(t["dynamic"], t["specialized"]))
+        nodes = (e.options or {}).get("nodes")
         rows.append({"profile": e.name, "opt": f"{opt[-2]}x{opt[-1]}", "specialized_ms": ms, "dynamic_ms": md,
-                     "ratio": md / ms, "max_abs_diff": err, "runs": runs})
+                     "ratio": md / ms, "paired_ratio": paired, "max_abs_diff": err, "runs": runs, "nodes": nodes})
     return rows
 
 
@@ -194,11 +196,14 @@ def main(argv: list[str] | None = None) -> dict:
     b = specialized_vs_dynamic(bundle, args.runs, args.threads)
     results["specialized_vs_dynamic"] = b
     print(f"\n(b) specialized profile model vs the dynamic model at each profile's opt, median of {args.runs}")
-    print(f"    {'profile':<10} {'opt':>9} {'specialized':>12} {'dynamic':>10} {'ratio':>7}  max|diff|")
+    print(f"    {'profile':<10} {'opt':>9} {'specialized':>12} {'dynamic':>10} {'ratio':>7} {'paired':>7}  "
+          f"{'nodes':>9}  max|diff|")
     for r in b:
         flag = "" if r["ratio"] >= 1.0 else "  < 1.0"
+        nodes = f"{r['nodes']['source']}->{r['nodes']['specialized']}" if isinstance(r["nodes"], dict) else "?"
         print(f"    {r['profile']:<10} {r['opt']:>9} {r['specialized_ms']:>9.3f} ms {r['dynamic_ms']:>7.3f} ms "
-              f"{r['ratio']:>7.3f}  {r['max_abs_diff']:.1e}{flag}")
+              f"{r['ratio']:>7.3f} {r['paired_ratio']:>7.3f}  {nodes:>9}  {r['max_abs_diff']:.1e}{flag}")
+    print("    ratio: median dynamic / median specialized; paired: median of per-round ratios")
 
     c = peak_rss(bundle, args.threads)
     results["peak_rss"] = c
