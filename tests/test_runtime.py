@@ -266,7 +266,7 @@ def test_warmup_loads_every_profile(cls_bundle):
 def test_threads_match_sequential(seg_bundle):
     rng = np.random.default_rng(7)
     sizes = [(48, 48), (40, 56), (100, 130), (224, 224), (20, 30), (96, 128), (64, 64), (120, 180)]
-    xs = [rng.standard_normal((1, 3, *sizes[i % len(sizes)])).astype(np.float32) for i in range(48)]
+    xs = [rng.standard_normal((1, 3, *sizes[i % len(sizes)])).astype(np.float32) for i in range(96)]
     with rt.load(seg_bundle) as r:
         expected = [r.run(x) for x in xs]
     with rt.load(seg_bundle, max_loaded=1, threads=1) as r:  # eviction under contention
