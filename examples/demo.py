@@ -14,6 +14,7 @@ folder gets README.md (tables, plots, every command with its output) and each st
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import shlex
 import shutil
@@ -64,18 +65,9 @@ class Demo:
         self.header(title)
         shown = "mrdeploy " + " ".join(shlex.quote(a) for a in args)
         print(f"$ {shown}", flush=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         t = time.perf_counter()
-        proc = subprocess.Popen(self.base + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, bufsize=1)
-        lines = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n").split("\r")[-1]  # keep the last state of a progress bar line
-            lines.append(line)
-            print(f"  {line}", flush=True)
-        rc = proc.wait()
-        step = Step(len(self.steps) + 1, title, args, shown, time.perf_counter() - t, "\n".join(lines), rc)
+        rc, output = stream(self.base + args)
+        step = Step(len(self.steps) + 1, title, args, shown, time.perf_counter() - t, output, rc)
         self.steps.append(step)
         slug = title.split()[0].lower().replace("/", "-")
         (self.out / "logs" / f"{step.index:02d}-{slug}.txt").write_text(f"$ {shown}\n{step.output}\n")
@@ -137,6 +129,58 @@ class Demo:
         path = self.out / "README.md"
         path.write_text("\n".join(lines) + "\n")
         return path
+
+
+def stream(argv: list[str]) -> tuple[int, str]:
+    """Run ``argv`` from the repository root, echoing its output live (indented), and return the exit
+    code and the output. On POSIX the command writes to a pseudo-terminal, so it draws its progress
+    bars as it would for a user; the returned text keeps each bar line in its final state."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        import pty
+    except ImportError:  # not POSIX: a pipe, no progress bars
+        pty = None
+    if pty is None:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+        assert proc.stdout is not None
+        text = []
+        for line in proc.stdout:
+            text.append(line)
+            print(f"  {line}", end="", flush=True)
+        return proc.wait(), _final_lines("".join(text))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    chunks, line_start = [], True
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the command exited and closed the terminal
+            break
+        if not data:
+            break
+        text = decoder.decode(data).replace("\r\n", "\n")
+        chunks.append(text)
+        shown = []
+        for ch in text:
+            if line_start and ch not in "\r\n":
+                shown.append("  ")
+            shown.append(ch)
+            line_start = ch in "\r\n"
+        sys.stdout.write("".join(shown))
+        sys.stdout.flush()
+    os.close(master)
+    return proc.wait(), _final_lines("".join(chunks))
+
+
+def _final_lines(text: str) -> str:
+    """Output as a user would see it at the end: each line's last state after carriage returns."""
+    lines = [line.split("\r")[-1].rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
 
 
 def _section(md: str, heading: str, prefix: str) -> list[str]:
