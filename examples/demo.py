@@ -113,6 +113,9 @@ class Demo:
         for s in self.steps:
             lines.append(f"| {s.index} | {s.title} | `{s.shown}` | {s.seconds:.1f} s |")
         lines.append("")
+        manifest = self.out / "bundle" / "manifest.json"
+        if manifest.is_file():
+            lines += ["## The bundle", "", *_bundle_table(manifest), ""]
         parity_md = self.out / "parity" / "parity.md"
         if parity_md.is_file():
             lines += ["## Parity per resolution", "", *_section(parity_md.read_text(), "## Summary per size", "parity/"), ""]
@@ -198,6 +201,24 @@ def _section(md: str, heading: str, prefix: str) -> list[str]:
                 line = f"{alt}]({prefix}{target}"
             out.append(line)
     return out
+
+
+def _bundle_table(manifest_path: Path) -> list[str]:
+    """Each profile's range and precision, with the reason `--precision auto` gave for its choice."""
+    import json
+
+    from mrdeploy.report import md_table
+    from mrdeploy.runtime.profiles import Profile
+
+    m = json.loads(manifest_path.read_text())
+    rows = []
+    for p in m["profiles"]:
+        meas = p.get("measurements") or {}
+        cal = p.get("calibration") or {}
+        reason = meas.get("reason") or ("-" if p["precision"] != "int8" else f"{cal.get('method', '')} calibration")
+        rows.append([p["name"], Profile.from_dict(p).describe().split("=", 1)[1], p["backend"], p["precision"], reason])
+    return [f"Policy `{m['policy']}` for sizes outside every profile.", "",
+            md_table(["profile", "range (min-max@opt)", "backend", "precision", "why (precision auto)"], rows)]
 
 
 def _bench_intro(md: str) -> list[str]:

@@ -402,7 +402,7 @@ def parity(
     th = thresholds or Thresholds()
     unknown = [k for k in limits if not hasattr(th, k)]
     if unknown:
-        raise InputError(f"unknown parity threshold(s) {unknown}; expected some of {list(Thresholds().active()) or [c[0] for c in Thresholds.CHECKS]}")
+        raise InputError(f"unknown parity threshold(s) {unknown}; expected some of {[c[0] for c in Thresholds.CHECKS]}")
     for k, v in limits.items():
         if v is not None:
             setattr(th, k, float(v))
