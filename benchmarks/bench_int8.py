@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vit", "cnn", "seg"])
     parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--method", default="entropy", choices=["minmax", "entropy", "percentile"])
+    parser.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
     parser.add_argument("--heldout", type=int, default=359, help="held-out digits (all 359 by default)")
     parser.add_argument("--heldout-seg", type=int, default=32, help="held-out shapes scenes")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per model and precision")

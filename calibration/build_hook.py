@@ -19,12 +19,27 @@ DEFAULT_SAMPLES = 64
 _DATA_CACHE: dict[tuple, object] = {}
 
 
+def _identity(calib_data):
+    """What the loaded set depends on: a folder's file list with sizes and mtimes, a file's size and mtime."""
+    if not isinstance(calib_data, (str, os.PathLike)):
+        return id(calib_data)
+    path = Path(calib_data)
+    if path.is_dir():
+        from mrdeploy.calibration.sources import IMAGE_SUFFIXES, folder_fingerprint
+
+        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        return (os.fspath(path), folder_fingerprint(path, files))
+    if path.is_file():
+        st = path.stat()
+        return (os.fspath(path), st.st_size, st.st_mtime_ns)
+    return os.fspath(calib_data)
+
+
 def _data(calib_data, samples: int, seed: int, channels: int):
     """Load the calibration set once per build (every profile uses the same items, at its own sizes)."""
     from mrdeploy.calibration.api import load_data
 
-    key = (os.fspath(calib_data) if isinstance(calib_data, (str, os.PathLike)) else id(calib_data), samples, seed,
-           channels)
+    key = (_identity(calib_data), samples, seed, channels)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = load_data(calib_data, samples, seed, None, channels)

@@ -56,28 +56,67 @@ def compute_ranges(
     batch: tuple[int, int] = (1, CHUNK),
 ):
     """Ranges (onnxruntime TensorsData) of the inputs/outputs of ``op_types`` nodes over ``feeds``
-    (per-sample dicts of C, H, W arrays; sizes may differ)."""
-    from onnxruntime.quantization.calibrate import create_calibrator
+    (per-sample dicts of C, H, W arrays; sizes may differ).
 
+    Histogram methods first take every tensor's absolute maximum over all samples (a MinMax pass), then
+    histogram every shape group on that one fixed range: onnxruntime's collector otherwise widens a
+    histogram by adding bins when a later group has larger values, and its entropy search only looks at
+    the first ``num_bins`` of them, which clips the ranges of mixed-size calibrations."""
     if not 0 < percentile <= 100:
         raise CalibrationError(f"--percentile must be in (0, 100], got {percentile}")
-    extra = {"symmetric": symmetric}
+    runs = [feed for g in group_by_shape(feeds) for feed, _ in chunks(g, batch, CHUNK)]
+    if method == "minmax":
+        return _collect(model_path, runs, "minmax", op_types, {"symmetric": symmetric}, desc)
+    absmax = _collect(model_path, runs, "minmax", op_types, {"symmetric": True}, f"{desc} (range)")
+    extra = {"symmetric": symmetric, "num_bins": HISTOGRAM_BINS[method]}
     if method == "percentile":
         extra["percentile"] = percentile
-    runs = [feed for g in group_by_shape(feeds) for feed, _ in chunks(g, batch, CHUNK)]
+    return _collect(model_path, runs, method, op_types, extra, desc, absmax)
+
+
+HISTOGRAM_BINS = {"entropy": 512, "percentile": 2048}  # entropy: thresholds from 1/4 of the range up
+
+
+def _seed_histograms(calibrator, absmax) -> None:
+    """Give the calibrator's collector an empty histogram per tensor over [-absmax, absmax] (or
+    [0, absmax] for absolute-value histograms), so every merge keeps the same bins."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    c = HistogramCollector(
+        method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
+        num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
+        scenario=calibrator.scenario,
+    )
+    absolute = c.method == "percentile" and c.symmetric
+    for name, td in absmax.data.items():
+        t = np.float32(max(float(np.max(np.abs(np.asarray(td.range_value[1])))), 1e-12))
+        hist = np.zeros(c.num_bins, dtype=np.int64)
+        if absolute:
+            edges = np.linspace(0, t, c.num_bins + 1).astype(np.float32)
+            c.histogram_dict[name] = (hist, edges, np.float32(t), np.float32(-t))
+        else:
+            edges = np.linspace(-t, t, c.num_bins + 1).astype(np.float32)
+            c.histogram_dict[name] = (hist, edges, np.float32(t), np.float32(-t), t)
+    calibrator.collector = c
+
+
+def _collect(model_path, runs, method, op_types, extra, desc, absmax=None):
+    from onnxruntime.quantization.calibrate import create_calibrator
+
     with tempfile.TemporaryDirectory(prefix="mrdeploy-calib-") as tmp:
         calibrator = create_calibrator(
             Path(model_path), list(op_types), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=ort_method(method), extra_options=extra,
         )
         try:
+            if absmax is not None:
+                _seed_histograms(calibrator, absmax)
             with Progress(len(runs), desc) as bar, _quiet_ort():
                 for chunk in runs:
                     calibrator.collect_data(_Reader([chunk]))
                     shape = next(iter(chunk.values())).shape
                     bar.update(1, note=f"{shape[-2]}x{shape[-1]}")
-                with _quiet_ort():
-                    ranges = calibrator.compute_data()
+                ranges = calibrator.compute_data()
         finally:
             del calibrator
     return ranges
