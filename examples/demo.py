@@ -7,7 +7,8 @@ Every step is a real ``mrdeploy`` command run as a subprocess; the command is ec
 shown live and saved. Steps: export with the resolution sweep; a folder of PNGs of varied sizes;
 ``profiles plan`` on it; ``build-engine`` with ``--precision auto`` and 3 profiles; ``inspect``; ``run``
 on held-out digit images of 5 sizes (one outside every profile); ``parity`` on labeled digits against
-PyTorch and the ONNX model; ``bench`` against the dynamic ONNX model and PyTorch eager. The report
+PyTorch and the ONNX model, then again at the sizes outside every profile with ``--policy resize`` to
+compare with the bundle's ``pad``; ``bench`` against the dynamic ONNX model and PyTorch eager. The report
 folder gets README.md (tables, plots, every command with its output) and each step's output.
 """
 
@@ -119,6 +120,10 @@ class Demo:
         parity_md = self.out / "parity" / "parity.md"
         if parity_md.is_file():
             lines += ["## Parity per resolution", "", *_section(parity_md.read_text(), "## Summary per size", "parity/"), ""]
+        resize_json = self.out / "parity-resize" / "parity.json"
+        if parity_md.is_file() and resize_json.is_file():
+            lines += ["### Sizes outside every profile: pad or resize", "",
+                      *_policy_table(self.out / "parity" / "parity.json", resize_json), ""]
         bench_md = self.out / "bench" / "bench.md"
         if bench_md.is_file():
             lines += ["## Latency per resolution", "", *_bench_intro(bench_md.read_text()), "",
@@ -203,6 +208,58 @@ def _section(md: str, heading: str, prefix: str) -> list[str]:
     return out
 
 
+def _outside_sizes(parity_json: Path) -> list[str]:
+    """The sizes no profile contains in a parity report (served by the policy, or refused)."""
+    import json
+
+    if not parity_json.is_file():
+        return []
+    rows = json.loads(parity_json.read_text())["rows"]
+    return list(dict.fromkeys(r["size"] for r in rows if r["target"] == "bundle" and not r["in_profile"]))
+
+
+def _policy_table(pad_json: Path, resize_json: Path) -> list[str]:
+    """Accuracy and cosine at the outside sizes under the bundle's policy and under ``resize``."""
+    import json
+
+    from mrdeploy.report import fmt, md_table
+
+    pad, resize = (json.loads(p.read_text()) for p in (pad_json, resize_json))
+
+    def served(report, size):
+        return next((r for r in report["rows"] if r["size"] == size and r["target"] == "bundle"
+                     and (r["served"] or r["profile"] is None)), None)
+
+    metric = "accuracy" if pad.get("labeled") else "top1_agreement"
+    rows = []
+    for size in resize["sizes"]:
+        ref = next((r for r in pad["rows"] if r["size"] == size and r["target"] == "onnx"), None)
+        cells = [size, fmt(ref.get(metric) if ref else None)]
+        for report in (pad, resize):
+            r = served(report, size)
+            if r is None or r["profile"] is None:
+                cells += ["refused", "-"]
+            else:
+                cells += [f"{fmt(r.get(metric))} ({r['profile']}, {r['action']})", fmt(r.get("cosine"), 4)]
+        rows.append(cells)
+    name = "top-1 acc" if pad.get("labeled") else "top-1 agr"
+    pol = pad.get("policy", "pad")
+    both = [(served(pad, size), served(resize, size)) for size in resize["sizes"]]
+    both = [(a[metric], b[metric]) for a, b in both if a and b and a["profile"] and b["profile"]
+            and a.get(metric) is not None and b.get(metric) is not None]
+    summary = ""
+    if both:
+        summary = (f" Over the {len(both)} sizes both serve, mean {name}: `{pol}` "
+                   f"{sum(a for a, _ in both) / len(both):.3f}, `resize` {sum(b for _, b in both) / len(both):.3f}.")
+    return [
+        f"The bundle's policy is `{pol}`; `mrdeploy parity --policy resize` measures the other choice "
+        f"(parity-resize/parity.md; the runtime pads with zeros, the mean colour after normalization).{summary}",
+        "",
+        md_table(["size", f"onnx {name}", f"{pol}: {name}", f"{pol}: cosine", f"resize: {name}", "resize: cosine"],
+                 rows, "lrrrrr"),
+    ]
+
+
 def _bundle_table(manifest_path: Path) -> list[str]:
     """Each profile's range and precision, with the reason `--precision auto` gave for its choice."""
     import json
@@ -281,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     out = out if out.is_absolute() else (Path.cwd() / out)
     out.mkdir(parents=True, exist_ok=True)
     q = args.quick
-    demo = Demo(out, q, total_steps=9)
+    demo = Demo(out, q, total_steps=10)
     notes = []
     ckpt = ROOT / CHECKPOINT
     model_args = ["--model-arg", "num_classes=10"]
@@ -316,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                                "--mode", "ranged", "--model", rel(onnx_path), "-o", rel(profiles_file)])
     build = ["build-engine", rel(onnx_path), "-o", rel(bundle), "--profiles", rel(profiles_file)]
     step = demo.run("build-engine --precision auto", [
-        *build, "--precision", "auto", "--calib-data", rel(images), "--calib-samples", "16" if q else "48",
+        *build, "--precision", "auto", "--calib-data", rel(images), "--calib-samples", "8" if q else "48",
         "--max-drop", "0.02",
     ], ok_codes=(0, 1))
     if step.rc != 0:
@@ -337,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         "--samples", "8" if q else "96", "--min-cosine", "0.99", "--max-top1-drop", "0.05",
         "--threads", "2", "-o", rel(out / "parity"),
     ])
+    outside = _outside_sizes(out / "parity" / "parity.json")
+    if outside:
+        demo.run("parity outside the profiles, policy resize", [
+            "parity", rel(bundle), "--reference", FACTORY, *model_args, *ckpt_args, "--data", "digits",
+            "--samples", "8" if q else "96", "--sizes", ",".join(outside), "--policy", "resize",
+            "--threads", "2", "-o", rel(out / "parity-resize"),
+        ])
     demo.run("bench", [
         "bench", rel(bundle), "--reference", FACTORY, *model_args, *ckpt_args, "--threads", "2",
         "--runs", "3" if q else "30", "--warmup", "1" if q else "3", "-o", rel(out / "bench"),

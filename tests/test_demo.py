@@ -21,7 +21,8 @@ def report_dir(exported, tmp_path_factory):
 def test_demo_report_has_tables_plots_and_every_step(report_dir):
     readme = (report_dir / "README.md").read_text()
     assert readme.startswith("# mrdeploy demo report: the example ViT from PyTorch to a 3-profile bundle")
-    for heading in ("## Steps", "## Parity per resolution", "## Latency per resolution", "## Every command and its output"):
+    for heading in ("## Steps", "## The bundle", "## Parity per resolution", "### Sizes outside every profile: pad or resize",
+                    "## Latency per resolution", "## Every command and its output"):
         assert heading in readme
     assert "![parity vs resolution](parity/parity.png)" in readme
     assert "![latency vs resolution](bench/bench.png)" in readme
@@ -43,6 +44,10 @@ def test_demo_bundle_parity_and_bench_results(report_dir):
     assert parity["references"]["pytorch"].endswith("resformer.py:resformer_tiny")
     exact = [r for r in parity["rows"] if r["target"] == "bundle" and r["action"] == "exact"]
     assert len({r["profile"] for r in exact}) == 3 and all(r["cosine"] > 0.99 for r in exact)
+    resize = json.loads((report_dir / "parity-resize" / "parity.json").read_text())
+    outside = {r["size"] for r in parity["rows"] if r["target"] == "bundle" and not r["in_profile"]}
+    assert resize["policy"] == "resize" and set(resize["sizes"]) == outside and len(outside) >= 2
+    assert all(r["action"] == "resize" for r in resize["rows"] if r["target"] == "bundle")
     bench = json.loads((report_dir / "bench" / "bench.json").read_text())
     assert {r["target"] for r in bench["rows"]} == {"bundle", "onnx", "pytorch"}
     assert all(r["p50_ms"] > 0 for r in bench["rows"]) and bench["threads"] == 2
