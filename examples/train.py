@@ -53,8 +53,8 @@ DEFAULT_STEPS = {"vit": 500, "cnn": 300, "seg": 800}
 TRAIN_SIZE_STEP = 16  # training sizes are multiples of 16: sizes like 40, 72 are never seen in training
 
 
-def train_sizes(name: str) -> list[int]:
-    lo, hi = get_spec(name).train_sizes
+def train_sizes(name: str, size_range: tuple[int, int] | None = None) -> list[int]:
+    lo, hi = size_range or get_spec(name).train_sizes
     return list(range(lo, hi + 1, TRAIN_SIZE_STEP))
 
 
@@ -74,15 +74,16 @@ def _lr(step: int, steps: int, base: float, warmup: int = 30) -> float:
     return base * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_classifier(name: str, steps: int, batch: int = 32, seed: int = 0, log=print) -> torch.nn.Module:
+def train_classifier(name: str, steps: int, batch: int = 32, seed: int = 0, log=print, finetune: bool = False,
+                     size_range: tuple[int, int] | None = None, lr_scale: float | None = None) -> torch.nn.Module:
     spec = get_spec(name)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_example(name, checkpoint=False).train()
-    base_lr = 1e-3 if name == "vit" else 2e-3
+    model = build_example(name, checkpoint=finetune).train()
+    base_lr = (1e-3 if name == "vit" else 2e-3) * (lr_scale or (0.5 if finetune else 1.0))
     opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=0.05)
     images, labels = data.digits("train")
-    sizes = train_sizes(name)
+    sizes = train_sizes(name, size_range)
     t0 = time.perf_counter()
     for step in range(steps):
         for g in opt.param_groups:
@@ -106,20 +107,22 @@ def train_classifier(name: str, steps: int, batch: int = 32, seed: int = 0, log=
     return model.eval()
 
 
-def train_segmenter(name: str, steps: int, batch: int = 16, seed: int = 0, log=print) -> torch.nn.Module:
+def train_segmenter(name: str, steps: int, batch: int = 16, seed: int = 0, log=print, finetune: bool = False,
+                    size_range: tuple[int, int] | None = None) -> torch.nn.Module:
     spec = get_spec(name)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_example(name, checkpoint=False).train()
-    base_lr = 3e-3
+    model = build_example(name, checkpoint=finetune).train()
+    base_lr = 3e-3 * (0.5 if finetune else 1.0)
     opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=1e-4)
-    sizes = train_sizes(name)
+    sizes = train_sizes(name, size_range)
     t0 = time.perf_counter()
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, base_lr)
         h, w = (int(s) for s in rng.choice(sizes, 2))
-        x, m = data.shapes_batch(batch, (h, w), seed=seed * 1_000_003 + step, mean=spec.mean, std=spec.std)
+        x, m = data.shapes_batch(batch, (h, w), seed=seed * 1_000_003 + step + (500_000 if finetune else 0),
+                                 mean=spec.mean, std=spec.std)
         logits = model(torch.from_numpy(x))
         loss = F.cross_entropy(logits, torch.from_numpy(m))
         opt.zero_grad()
@@ -160,32 +163,55 @@ def save_checkpoint(name: str, model: torch.nn.Module) -> Path:
     return path
 
 
+def _previous_report(name: str) -> dict | None:
+    path = (ROOT / get_spec(name).checkpoint).with_suffix(".json")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", default=["vit", "cnn", "seg"])
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default per model)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--finetune", action="store_true", help="continue from the saved checkpoint")
+    parser.add_argument("--lr-scale", type=float, default=None, help="scale the base learning rate (classifiers)")
+    parser.add_argument("--sizes", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="training size range (default: the example's train_sizes)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for name in args.names:
         steps = args.steps or DEFAULT_STEPS[name]
         t0 = time.perf_counter()
+        kw = dict(seed=args.seed, finetune=args.finetune, size_range=tuple(args.sizes) if args.sizes else None)
+        if args.batch:
+            kw["batch"] = args.batch
+        if args.lr_scale:
+            kw["lr_scale"] = args.lr_scale
+        previous = _previous_report(name) if args.finetune else None
         if get_spec(name).task == "segmentation":
-            model = train_segmenter(name, steps, seed=args.seed)
+            model = train_segmenter(name, steps, **kw)
         else:
-            model = train_classifier(name, steps, seed=args.seed)
+            model = train_classifier(name, steps, **kw)
         seconds = time.perf_counter() - t0
         path = save_checkpoint(name, model)
         model = build_example(name)  # evaluate what was saved (float16-rounded weights)
         metrics = evaluate(name, model)
-        trained = train_sizes(name)
+        trained = train_sizes(name, kw["size_range"])
+        stages = (previous or {}).get("stages") or ([{
+            "steps": previous["steps"], "sizes": [min(previous["train_sizes"]), max(previous["train_sizes"])],
+            "finetune": False, "batch": None, "seconds": previous["train_seconds"]}] if previous else [])
+        stages = stages + [{"steps": steps, "sizes": [trained[0], trained[-1]], "finetune": args.finetune,
+                            "batch": args.batch, "seconds": round(seconds, 1)}]
+        trained = sorted(set(trained) | {s for st in stages for s in train_sizes(name, tuple(st["sizes"]))})
         report = {
             "name": name,
             "metric": "mIoU" if get_spec(name).task == "segmentation" else "top-1",
-            "steps": steps,
+            "steps": sum(st["steps"] for st in stages),
+            "stages": stages,
             "seed": args.seed,
-            "train_seconds": round(seconds, 1),
+            "train_seconds": round(sum(st["seconds"] for st in stages), 1),
             "train_sizes": trained,
             "fp32": metrics,
             "never_trained": [s for s in metrics if not (int(s.split("x")[0]) in trained
