@@ -123,11 +123,12 @@ def plot_parity(report: Mapping, path: str | os.PathLike) -> Path:
             pts = data[key]
             if not pts:
                 continue
-            xs, ys, markers = zip(*pts)
             style = "--" if key.startswith("pytorch") else "-"
             label = f"{key} vs {vs[key]}" if log and key in vs else key
-            ax.plot(xs, ys, style, color=_series_color(key), lw=1.4, label=label, alpha=0.9)
-            for x, y, m in pts:
+            for i, run in enumerate(_runs(pts)):  # a bundle line joins the sizes one profile serves
+                xs, ys = [p[0] for p in run], [p[1] for p in run]
+                ax.plot(xs, ys, style, color=_series_color(key), lw=1.4, label=label if i == 0 else None, alpha=0.9)
+            for x, y, m, _ in pts:
                 ax.plot([x], [y], m, color=_series_color(key), ms=5)
         refused = sorted({r["side"] for r in rows if r.get("action") == "refused"})
         if refused:
@@ -149,10 +150,22 @@ def plot_parity(report: Mapping, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def _curves(rows: Sequence[Mapping], metric: str, transform=None) -> dict[str, list[tuple[float, float, str]]]:
-    """Series key -> [(side, value, marker)], one point per size (the served bundle row wins)."""
+def _runs(pts: Sequence[tuple]) -> list[list[tuple]]:
+    """Split points sorted by x into runs of equal group (their last element): a line per run."""
+    runs: list[list[tuple]] = []
+    for p in pts:
+        if runs and runs[-1][-1][-1] == p[-1]:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+def _curves(rows: Sequence[Mapping], metric: str, transform=None) -> dict[str, list[tuple]]:
+    """Series key -> [(side, value, marker, profile)] sorted by side, one point per size (the served
+    bundle row wins); profile is None for the PyTorch and ONNX models."""
     marker = {"exact": "o", "pad": "s", "resize": "^"}
-    out: dict[str, dict[float, tuple[float, float, str, bool]]] = {}
+    out: dict[str, dict[float, tuple]] = {}
     for r in rows:
         if metric != "accuracy" and r.get("reference") is None:
             continue
@@ -165,8 +178,9 @@ def _curves(rows: Sequence[Mapping], metric: str, transform=None) -> dict[str, l
         x = r["side"]
         if x in pts and pts[x][3] and not served:
             continue
-        pts[x] = (x, transform(v) if transform else v, marker.get(r.get("action") or "exact", "o"), served)
-    return {k: sorted((x, y, m) for x, y, m, _ in v.values()) for k, v in out.items()}
+        group = r.get("profile") if r.get("target") == "bundle" else None
+        pts[x] = (x, transform(v) if transform else v, marker.get(r.get("action") or "exact", "o"), group, served)
+    return {k: sorted(((x, y, m, g) for x, y, m, g, _ in v.values()), key=lambda p: p[0]) for k, v in out.items()}
 
 
 def plot_bench(report: Mapping, path: str | os.PathLike) -> Path:
@@ -177,15 +191,16 @@ def plot_bench(report: Mapping, path: str | os.PathLike) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     ax = axes[0]
     _profile_spans(ax, report.get("profiles", []), _side)
-    series: dict[str, list[tuple[float, float, float]]] = {}
+    series: dict[str, list[tuple]] = {}
     for r in rows:
-        series.setdefault(r["series"], []).append((r["side"], r["p50_ms"], r["p90_ms"]))
+        series.setdefault(r["series"], []).append((r["side"], r["p50_ms"], r["p90_ms"], r.get("profile")))
     for key, pts in series.items():
-        pts.sort()
-        xs, p50, p90 = zip(*pts)
+        pts.sort(key=lambda p: p[0])
         color = _series_color(key)
-        ax.plot(xs, p50, "--" if key.startswith("pytorch") else "-", marker="o", ms=4, color=color, label=key)
-        ax.vlines(xs, p50, p90, color=color, alpha=0.5)
+        for i, run in enumerate(_runs(pts)):  # a bundle line joins the sizes one profile serves
+            ax.plot([p[0] for p in run], [p[1] for p in run], "--" if key.startswith("pytorch") else "-",
+                    marker="o", ms=4, color=color, label=key if i == 0 else None)
+        ax.vlines([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], color=color, alpha=0.5)
     ax.set_xlabel("input resolution  sqrt(H*W)  [px]")
     ax.set_ylabel("latency p50 [ms] (line to p90)")
     ax.set_yscale("log")
@@ -200,6 +215,11 @@ def plot_bench(report: Mapping, path: str | os.PathLike) -> Path:
             ax.plot(xs, ys, marker="o", ms=4, label=label, color=_COLORS["onnx" if "ONNX" in label else "pytorch"])
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ratio = FuncFormatter(lambda v, _: f"{v:g}x")
+    ax.yaxis.set_major_formatter(ratio)
+    ax.yaxis.set_minor_formatter(ratio)
     ax.set_xlabel("input resolution  sqrt(H*W)  [px]")
     ax.set_ylabel("speed-up (p50 ratio, >1 = bundle faster)")
     ax.grid(alpha=0.3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from mrdeploy.report import _curves, fmt, md_table, plot_bench, plot_parity
+from mrdeploy.report import _curves, _runs, fmt, md_table, plot_bench, plot_parity
 
 PROFILES = [
     {"name": "small", "backend": "onnxruntime", "precision": "int8", "min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [1, 3, 96, 96]},
@@ -47,8 +47,12 @@ def test_md_table_and_fmt():
 def test_curves_one_point_per_size_served_row_wins():
     curves = _curves(parity_dict()["rows"], "accuracy")
     assert sorted(curves) == ["bundle fp32", "bundle int8", "onnx fp32", "pytorch fp32"]
-    assert curves["bundle int8"] == [(48, 0.85, "s"), (64, 0.85, "o"), (96, 0.85, "o")]
-    assert curves["bundle fp32"] == [(96, 0.9, "o"), (160, 0.85, "o")]
+    assert curves["bundle int8"] == [(48, 0.85, "s", "small"), (64, 0.85, "o", "small"), (96, 0.85, "o", "small")]
+    assert curves["bundle fp32"] == [(96, 0.9, "o", "large"), (160, 0.85, "o", "large")]
+    assert curves["onnx fp32"][0] == (48, 0.9, "o", None)
+    # lines only join sizes served by the same profile
+    assert [[p[0] for p in run] for run in _runs([(1, 0, "o", "a"), (2, 0, "o", "a"), (3, 0, "o", "b"), (4, 0, "o", "a")])] == [
+        [1, 2], [3], [4]]
     cos = _curves(parity_dict()["rows"], "cosine", transform=lambda c: 1 - c)
     assert "pytorch fp32" not in cos  # nothing to compare PyTorch with
     assert cos["bundle int8"][0][1] == pytest.approx(0.002)
