@@ -56,7 +56,7 @@ def test_vit_bundle_matches_pytorch_and_onnx_on_digits(vit_bundle, tmp_path):
         assert pt.accuracy == ox.accuracy == b.accuracy  # same predictions on the same 24 held-out digits
         assert 0.0 <= b.accuracy <= 1.0 and b.samples == 24
     if checkpoint_path("vit") is not None:  # the trained model: far above chance (0.1) at trained sizes
-        assert rows[("96x96", "bundle")].accuracy > 0.5
+        assert rows[("48x48", "bundle")].accuracy > 0.3 and rows[("96x96", "bundle")].accuracy > 0.3
     assert (tmp_path / "parity.png").stat().st_size > 10_000
 
 
