@@ -202,3 +202,13 @@ def test_two_input_model_sizes_per_input(tmp_path):
     assert both == ["p", "q"]  # both overlapping profiles contain it: both are checked
     report = parity(b, samples=2, sizes="template:80+search:160x192")
     assert [(r.profile, r.action) for r in report.rows if r.target == "bundle"] == [("q", "exact")]
+
+
+def test_onnx_reference_replaces_the_source_model(cls_bundle, tmp_path):
+    from tests.bundles import make_model
+
+    same = parity(cls_bundle, reference=str(cls_bundle / "model.onnx"), sizes="48", samples=2, min_cosine=0.9999)
+    assert same.references["onnx"] == str(cls_bundle / "model.onnx") and same.passed
+    other = make_model(tmp_path / "other.onnx", "cls", seed=1)  # same graph, other weights
+    with pytest.raises(ParityFailure, match=r"48x48 bundle small \(fp32, exact\) vs onnx: cosine"):
+        parity(cls_bundle, reference=str(other), sizes="48", samples=4, min_cosine=0.9999)
