@@ -21,7 +21,7 @@ def report_dir(exported, tmp_path_factory):
 def test_demo_report_has_tables_plots_and_every_step(report_dir):
     readme = (report_dir / "README.md").read_text()
     assert readme.startswith("# mrdeploy demo report: the example ViT from PyTorch to a 3-profile bundle")
-    for heading in ("## Steps", "## The bundle", "## Parity per resolution", "### Sizes outside every profile: pad or resize",
+    for heading in ("## Steps", "## The bundle", "## Parity per resolution", "### Sizes outside every profile: resize or pad",
                     "## Latency per resolution", "## Every command and its output"):
         assert heading in readme
     assert "![parity vs resolution](parity/parity.png)" in readme
@@ -44,10 +44,12 @@ def test_demo_bundle_parity_and_bench_results(report_dir):
     assert parity["references"]["pytorch"].endswith("resformer.py:resformer_tiny")
     exact = [r for r in parity["rows"] if r["target"] == "bundle" and r["action"] == "exact"]
     assert len({r["profile"] for r in exact}) == 3 and all(r["cosine"] > 0.99 for r in exact)
-    resize = json.loads((report_dir / "parity-resize" / "parity.json").read_text())
+    assert manifest["policy"] == "resize" and parity["policy"] == "resize"
+    pad = json.loads((report_dir / "parity-pad" / "parity.json").read_text())
     outside = {r["size"] for r in parity["rows"] if r["target"] == "bundle" and not r["in_profile"]}
-    assert resize["policy"] == "resize" and set(resize["sizes"]) == outside and len(outside) >= 2
-    assert all(r["action"] == "resize" for r in resize["rows"] if r["target"] == "bundle")
+    assert pad["policy"] == "pad" and set(pad["sizes"]) == outside and len(outside) >= 2
+    assert {r["action"] for r in pad["rows"] if r["target"] == "bundle"} <= {"pad", "refused"}
+    assert {r["action"] for r in parity["rows"] if r["size"] in outside and r["target"] == "bundle"} == {"resize"}
     bench = json.loads((report_dir / "bench" / "bench.json").read_text())
     assert {r["target"] for r in bench["rows"]} == {"bundle", "onnx", "pytorch"}
     assert all(r["p50_ms"] > 0 for r in bench["rows"]) and bench["threads"] == 2
@@ -58,4 +60,4 @@ def test_demo_run_step_serves_five_sizes(report_dir):
     log = next(p for p in (report_dir / "logs").iterdir() if "run" in p.name and p.name[3:].startswith("run")).read_text()
     served = [line for line in log.splitlines() if " -> profile " in line]
     assert len(served) == 5
-    assert sum("exact" in line for line in served) == 4 and sum(", pad to " in line for line in served) == 1
+    assert sum("exact" in line for line in served) == 4 and sum(", resize to " in line for line in served) == 1
