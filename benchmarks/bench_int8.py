@@ -33,11 +33,16 @@ from mrdeploy.calibration.evaluate import latency, session  # noqa: E402
 
 PROFILES = {
     "vit": ["small=32-64@48", "mid=64-128@96", "large=128-256@192"],
-    "cnn": ["small=32-64@48", "mid=64-128@96", "large=128-256@224"],
+    "cnn": ["small=32-64@48", "mid=64-128@96", "large=128-256@224", "xl=256-384@320"],
     "seg": ["small=32-64@48", "mid=64-128@96", "large=128-256@192"],
 }
 SINGLE_SIZE = {"vit": "single=96", "cnn": "single=96", "seg": "single=96"}
-TRAINED = set(range(32, 129, 16))
+
+
+def trained_sizes(name: str) -> set[int]:
+    """Sides the checkpoint was trained at (from examples/checkpoints/<name>.json)."""
+    report = json.loads((ROOT / get_spec(name).checkpoint).with_suffix(".json").read_text())
+    return set(report["train_sizes"])
 
 
 def eval_sizes(profile_text: str, divisor: int) -> list[int]:
@@ -76,13 +81,14 @@ def bench_model(name: str, work: Path, args) -> dict:
     single_path = single.profiles[0].qdq_path
     n = args.heldout_seg if spec.task == "segmentation" else args.heldout
     rows, speed = [], []
+    trained = trained_sizes(name)
     div = spec.divisor if isinstance(spec.divisor, int) else 1
     for prof_text, prof in zip(PROFILES[name], per_profile.profiles):
         for size in eval_sizes(prof_text, div):
             fp32 = accuracy(model, name, size, n, args.threads)
             int8 = accuracy(prof.qdq_path, name, size, n, args.threads)
             one = accuracy(single_path, name, size, n, args.threads)
-            rows.append({"profile": prof.profile.name, "size": size, "never_trained": size not in TRAINED,
+            rows.append({"profile": prof.profile.name, "size": size, "never_trained": size not in trained,
                          "fp32": fp32, "int8_per_profile": int8, "int8_single_size": one})
         r = prof.profile.inputs["input"].opt
         feed = {"input": np.random.default_rng(0).standard_normal(r).astype(np.float32)}
