@@ -84,6 +84,7 @@ def test_cnn_runner_policies_and_lru(exported, tmp_path):
         assert (r.last_decision.profile.name, r.last_decision.action) == ("s128", "resize")
         ref = ort_run(src, {"input": resize_bilinear(big, (128, 128))})["logits"]
         np.testing.assert_allclose(y, ref, atol=1e-4)
+        assert r.policy == "resize"  # a classifier's default: padding would move its prediction
         with pytest.raises(InputError, match="1x3x200x150 is outside every profile, larger than every profile's max"):
-            r(big)
+            r(big, policy="pad")
         assert r.loaded == ["s128"] and r.load_counts == {"small": 1, "s128": 1}

@@ -17,8 +17,9 @@ import click
 @click.option("--batch", help="Batch range MIN-MAX[@OPT], e.g. 1-8@1 (default 1).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "auto"]), default="fp32", show_default=True)
-@click.option("--policy", type=click.Choice(["pad", "resize", "error"]), default="pad", show_default=True,
-              help="What the runtime does with a size no profile contains.")
+@click.option("--policy", type=click.Choice(["pad", "resize", "error"]), default=None,
+              help="What the runtime does with a size no profile contains [default: resize for "
+                   "classification, pad for segmentation/dense].")
 @click.option("--divisor", type=int, help="Sizes must be multiples of this (models without mrdeploy metadata).")
 @click.option("--spatial-outputs", multiple=True, help="Outputs whose last two axes follow the input (NAME or NAME:STRIDE).")
 @click.option("--mean", help="Per-channel mean after scaling pixels to [0,1], e.g. 0.485,0.456,0.406.")
@@ -50,4 +51,4 @@ def command(model, output, profiles, profiles_file, batch, backend, precision, p
     click.echo(result.table())
     for note in result.notes:
         click.echo(f"note: {note}")
-    click.echo(f"wrote {result.path} ({len(result.profiles)} profiles, policy {policy})")
+    click.echo(f"wrote {result.path} ({len(result.profiles)} profiles, policy {result.policy})")
