@@ -208,7 +208,7 @@ def calibrate_profile(
             result.drop_all_int8 = result.drop = scorer.score(candidate)
             if max_drop is not None and result.drop > max_drop:
                 groups = graph.node_groups(model, [n for n in quantizable if n not in rule_float])
-                fit: Budget = fit_budget(groups, build, scorer.score, result.drop, max_drop, work,
+                fit: Budget = fit_budget(groups, build, scorer.score_pair, result.drop, max_drop, work,
                                          desc=f"budget {profile.name}", name=profile.name, metric=metric)
                 candidate, result.drop, result.float_nodes = fit.path, fit.drop, fit.float_nodes
         floated = {n for g in result.float_nodes for n in g["nodes"]} | set(rule_float)

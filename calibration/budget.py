@@ -31,7 +31,7 @@ class Budget:
 def fit_budget(
     groups: Mapping[str, Sequence[str]],
     build: Callable[[Sequence[str], Path], Path],
-    score: Callable[[Path], float],
+    score: Callable[[Path], tuple[float, float]],
     drop: float,
     max_drop: float,
     work: Path,
@@ -39,7 +39,8 @@ def fit_budget(
     name: str = "profile",
     metric: str = "top1",
 ) -> Budget:
-    """Keep blocks of ``groups`` (block -> node names) float until ``score`` <= ``max_drop``."""
+    """Keep blocks of ``groups`` (block -> node names) float until the drop <= ``max_drop``. ``score`` gives
+    (drop, tie-breaker): candidates with equal drops are ranked by the tie-breaker (a cosine drop)."""
     chosen: list[dict] = []
     excluded: list[str] = []
     remaining = list(groups)
@@ -53,7 +54,7 @@ def fit_budget(
         for g in groups:
             path = work / f"alone_{len(alone)}.onnx"
             build([n for other in groups if other != g for n in groups[other]], path)
-            alone[g] = score(path)
+            alone[g] = score(path)[0]
             evaluations += 1
             bar.update(1, note=f"only {g}: {alone[g]:.4f}")
             if alone[g] <= max_drop:
@@ -83,15 +84,27 @@ def fit_budget(
                 build([*excluded, *groups[g]], path)
                 scores[g], paths[g] = score(path), path
                 evaluations += 1
-                bar.update(1, note=f"{g}: {scores[g]:.4f}")
-                if scores[g] <= max_drop:
+                bar.update(1, note=f"{g}: {scores[g][0]:.4f}")
+                if scores[g][0] <= max_drop:
                     break  # good enough: the first block that meets the budget ends the round
-            best = min(scores, key=lambda g: (scores[g], len(groups[g])))
+            best = min(scores, key=lambda g: (*scores[g], len(groups[g])))
             ranking = sorted(scores, key=scores.get) + [g for g in ranking if g not in scores]
             chosen.append({"group": best, "nodes": list(groups[best]), "drop_before": drop,
-                           "drop_after": scores[best], "cost_saved": round(drop - scores[best], 6)})
+                           "drop_after": scores[best][0], "cost_saved": round(drop - scores[best][0], 6)})
             excluded.extend(groups[best])
             remaining.remove(best)
-            drop = scores[best]
+            drop = scores[best][0]
             best_path = paths[best]
+        # Blocks chosen on a tie (no gain in the metric) may be unneeded once later blocks are float:
+        # put each back into INT8 if the budget still holds without it.
+        for entry in [c for c in chosen if c["cost_saved"] <= 0]:
+            trial = [n for n in excluded if n not in set(entry["nodes"])]
+            path = work / f"prune_{evaluations}.onnx"
+            build(trial, path)
+            evaluations += 1
+            d = score(path)[0]
+            bar.update(1, note=f"back to int8 {entry['group']}: {d:.4f}")
+            if d <= max_drop:
+                chosen.remove(entry)
+                excluded, drop, best_path = trial, d, path
     return Budget(best_path, drop, chosen, evaluations)

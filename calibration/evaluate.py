@@ -86,8 +86,13 @@ class Scorer:
         return cls(list(feeds), output, metric, ref, threads, batch)
 
     def score(self, path: str | Path) -> float:
+        return self.score_pair(path)[0]
+
+    def score_pair(self, path: str | Path) -> tuple[float, float]:
+        """(drop under the metric, cosine drop): the second ranks candidates whose top-1 or pixel
+        agreement ties, as it does on small held-out sets."""
         got = run_batches(session(path, self.threads), self.feeds, self.output, self.batch)
-        return drop(self.metric, self.reference, got)
+        return drop(self.metric, self.reference, got), drop("cosine", self.reference, got)
 
 
 def latency(
