@@ -233,7 +233,8 @@ def test_precision_auto_records_side_by_side_latency(exported, digit_dir, tmp_pa
                           heldout=2, precision="auto", latency_runs=3, threads=1)
     m = r.measurements
     assert m["fp32_ms"] > 0 and m["int8_ms"] > 0 and m["runs"] == 3 and m["shape"] == {"input": [1, 3, 48, 48]}
-    assert r.precision == m["choice"] == ("int8" if m["int8_ms"] < m["fp32_ms"] else "fp32")
+    assert m["min_speedup"] == 1.05  # int8 must win clearly: a smaller gain is within the timing's noise
+    assert r.precision == m["choice"] == ("int8" if m["speedup"] >= 1.05 else "fp32")
 
 
 def test_cli_calibrate(exported, digit_dir, tmp_path, capsys):
