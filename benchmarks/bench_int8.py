@@ -36,7 +36,7 @@ PROFILES = {
     "cnn": ["small=32-64@48", "mid=64-128@96", "large=128-256@224", "xl=256-384@320"],
     "seg": ["small=32-64@48", "mid=64-128@96", "large=128-256@192"],
 }
-SINGLE_SIZE = {"vit": "single=96", "cnn": "single=96", "seg": "single=96"}
+SINGLE_SIZE = 96  # the one-calibration baseline (the middle profile's opt); --single-size changes it
 
 
 def trained_sizes(name: str) -> set[int]:
@@ -76,7 +76,7 @@ def bench_model(name: str, work: Path, args) -> dict:
                             sizes=[(48, 48), (64, 64), (96, 96), (128, 128), (160, 160), (224, 224), (96, 160)])
     per_profile = calibrate(model, PROFILES[name], calib_dir, output_dir=work / f"{name}_int8",
                             method=args.method, samples=args.samples, seed=0, threads=args.threads, quiet=True)
-    single = calibrate(model, [SINGLE_SIZE[name]], calib_dir, output_dir=work / f"{name}_single",
+    single = calibrate(model, [f"single={args.single_size}"], calib_dir, output_dir=work / f"{name}_single",
                        method=args.method, samples=args.samples, seed=0, threads=args.threads, quiet=True)
     single_path = single.profiles[0].qdq_path
     n = args.heldout_seg if spec.task == "segmentation" else args.heldout
@@ -95,6 +95,7 @@ def bench_model(name: str, work: Path, args) -> dict:
         m = latency(model, prof.qdq_path, feed, runs=args.runs, threads=args.threads)
         speed.append({"profile": prof.profile.name, "opt": f"{r[-2]}x{r[-1]}", **m})
     return {"model": name, "metric": "mIoU" if spec.task == "segmentation" else "top-1", "heldout": n,
+            "single_size": args.single_size,
             "method": args.method, "samples": args.samples, "accuracy": rows, "latency": speed,
             "float_nodes": {p.profile.name: len(p.rule_float_nodes) for p in per_profile.profiles},
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -103,7 +104,7 @@ def bench_model(name: str, work: Path, args) -> dict:
 def print_tables(res: dict) -> None:
     print(f"\n## {res['model']}: {res['metric']} on {res['heldout']} held-out samples "
           f"({res['method']}, {res['samples']} calibration samples)\n")
-    print("| profile | size | FP32 | INT8 per-profile | Δ | INT8 single-size (96) | Δ |")
+    print(f"| profile | size | FP32 | INT8 per-profile | Δ | INT8 single-size ({res['single_size']}) | Δ |")
     print("|---|---|---|---|---|---|---|")
     for r in res["accuracy"]:
         mark = "*" if r["never_trained"] else ""
@@ -127,6 +128,8 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per model and precision")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--single-size", type=int, default=SINGLE_SIZE,
+                        help=f"size of the one-calibration baseline (default {SINGLE_SIZE})")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
