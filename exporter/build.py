@@ -322,38 +322,18 @@ def build_engine(
     model_path: str | os.PathLike,
     output: str | os.PathLike,
     profiles: Sequence[str | ProfileSpec | Profile] = (),
-    *,
-    profiles_file: str | os.PathLike | None = None,
-    batch: str | tuple[int, int, int] | None = None,
-    backend: str = "onnxruntime",
-    precision: str = "fp32",
-    policy: str | None = None,
-    divisor: int | None = None,
-    spatial_outputs: Sequence[str] | None = None,
-    mean: Sequence[float] | str | None = None,
-    std: Sequence[float] | str | None = None,
-    min_size=None,
-    max_size=None,
-    threads: int | None = None,
-    workspace: int | None = None,
-    timing_cache: str | os.PathLike | None = None,
-    hardware_compatible: bool = False,
-    calib_data: str | os.PathLike | None = None,
-    calib_method: str | None = "minmax",
-    calib_samples: int | None = None,
-    max_drop: float | None = None,
-    quiet: bool = False,
+    **options,
 ) -> Path:
     """Build a bundle from ``model_path`` with one engine per profile; returns the bundle's path.
 
     ``profiles``: ``--profile`` strings (``224``, ``256x192``, ``96-160@128``, ``192x256-384x512@288x384``,
     ``name=...``, ``input:spec,input:spec``), ProfileSpecs or Profiles. Keywords: ``profiles_file``,
     ``batch`` ("1-8@1"), ``backend`` ("onnxruntime" | "tensorrt"), ``precision`` ("fp32" | "fp16" |
-    "int8" | "auto"), ``policy`` ("pad" | "resize" | "error"; default: :func:`default_policy`), model facts for models without mrdeploy
-    metadata (``divisor``, ``spatial_outputs``, ``mean``, ``std``, ``min_size``, ``max_size``),
+    "int8" | "auto"), ``policy`` ("pad" | "resize" | "error"; default: :func:`default_policy`), model
+    facts for models without mrdeploy metadata (``divisor``, ``spatial_outputs``, ``mean``, ``std``, ``min_size``, ``max_size``),
     ``threads`` (ONNX Runtime intra-op threads recorded in the bundle), tensorrt's ``workspace`` (MiB),
     ``timing_cache`` (file read before and updated after the build) and ``hardware_compatible``, and the
-    calibration pass-through (``calib_data``, ``calib_method``, ``calib_samples``, ``max_drop``), ``quiet``.
+    calibration pass-through (``calib_data``, ``calib_method``, ``calib_samples``, ``max_drop``), ``quiet``:
+    the keywords of :func:`build_bundle`, which also returns the per-profile report.
     """
-    kwargs = dict(locals())
-    return build_bundle(kwargs.pop("model_path"), kwargs.pop("output"), kwargs.pop("profiles"), **kwargs).path
+    return build_bundle(model_path, output, profiles, **options).path

@@ -16,7 +16,6 @@ speed-up of the bundle over the dynamic ONNX model and over PyTorch eager (ratio
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mrdeploy._atomic import write_text_atomic
 from mrdeploy._progress import Progress
 from mrdeploy.errors import InputError, MrdeployError
 from mrdeploy.evaldata import parse_sizes, point_label, point_side
@@ -133,15 +131,9 @@ class BenchReport:
 
     def write(self, out: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
         """bench.json, bench.md and (``plot``) bench.png in ``out``."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": write_text_atomic(out / "bench.json", json.dumps(self.to_dict(), indent=2) + "\n")}
-        if plot:
-            from mrdeploy.report import plot_bench
+        from mrdeploy.report import plot_bench, write_report
 
-            paths["png"] = plot_bench(self.to_dict(), out / "bench.png")
-        paths["md"] = write_text_atomic(out / "bench.md", self.to_markdown("bench.png" if plot else None) + "\n")
-        return paths
+        return write_report(self, out, "bench", plot_bench if plot else None)
 
 
 def machine_info(torch_used: bool = False) -> dict:

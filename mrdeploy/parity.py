@@ -16,7 +16,6 @@ with ``check_outside=True``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from mrdeploy import metrics as M
-from mrdeploy._atomic import write_text_atomic
 from mrdeploy._progress import Progress
 from mrdeploy.errors import InputError, MrdeployError
 from mrdeploy.evaldata import EvalData, SizePoint, parse_sizes, point_label, point_side
@@ -241,15 +239,9 @@ class ParityReport:
 
     def write(self, out: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
         """parity.json, parity.md and (``plot``) parity.png in ``out``; returns their paths."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": write_text_atomic(out / "parity.json", json.dumps(self.to_dict(), indent=2) + "\n")}
-        if plot:
-            from mrdeploy.report import plot_parity
+        from mrdeploy.report import plot_parity, write_report
 
-            paths["png"] = plot_parity(self.to_dict(), out / "parity.png")
-        paths["md"] = write_text_atomic(out / "parity.md", self.to_markdown("parity.png" if plot else None) + "\n")
-        return paths
+        return write_report(self, out, "parity", plot_parity if plot else None)
 
 
 def _served_by(row: ParityRow | None, policy: str) -> str:

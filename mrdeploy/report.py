@@ -24,6 +24,25 @@ _COLORS = {
 _SPAN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
 
 
+def write_report(report, out: str | os.PathLike, stem: str, plot_fn=None) -> dict[str, Path]:
+    """``<stem>.json``, ``<stem>.md`` and (with ``plot_fn``) ``<stem>.png`` in ``out``, each written
+    atomically; ``report`` has ``to_dict()`` and ``to_markdown(image_name)``. Returns their paths."""
+    import json
+
+    from mrdeploy._atomic import write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = report.to_dict()
+    paths = {"json": write_text_atomic(out / f"{stem}.json", json.dumps(data, indent=2) + "\n")}
+    image = None
+    if plot_fn is not None:
+        paths["png"] = plot_fn(data, out / f"{stem}.png")
+        image = f"{stem}.png"
+    paths["md"] = write_text_atomic(out / f"{stem}.md", report.to_markdown(image) + "\n")
+    return paths
+
+
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], align: str | None = None) -> str:
     """A GitHub Markdown table; ``align`` is one char per column ('l' or 'r'), default: all left."""
     headers = [str(h) for h in headers]
