@@ -209,7 +209,7 @@ def bench(
     """Measure the bundle, the dynamic ONNX model (the bundle's model.onnx, or ``reference`` .onnx) and
     the PyTorch model (``reference`` module:factory) at each size; write bench.json/.md/.png to ``out``."""
     from mrdeploy.parity import _decision, default_sizes
-    from mrdeploy.references import OnnxReference, TorchReference, is_onnx_path, quiet_threads
+    from mrdeploy.references import OnnxReference, TorchReference, quiet_threads, split_references
     from mrdeploy.runtime import load
 
     t0 = time.perf_counter()
@@ -221,18 +221,11 @@ def bench(
     bundle = Path(bundle)
     manifest = Manifest.read(bundle)
     model = manifest.model
-    refs = [reference] if isinstance(reference, (str, os.PathLike)) else list(reference or [])
-    onnx_specs = [r for r in refs if is_onnx_path(r)]
-    torch_specs = [str(r) for r in refs if not is_onnx_path(r)]
-    if len(onnx_specs) > 1 or len(torch_specs) > 1:
-        raise InputError(f"reference: expected at most one .onnx model and one module:factory, got {refs}")
-    if checkpoint and not torch_specs:
-        raise InputError("--checkpoint needs a PyTorch reference (--reference module:factory or path.py:factory)")
-    onnx_path = Path(onnx_specs[0]) if onnx_specs else bundle / manifest.source["artifact"]
+    onnx_path, torch_spec = split_references(reference, checkpoint, bundle, manifest.source["artifact"])
     onnx_ref = OnnxReference(onnx_path, threads=threads, spin=spin)
     torch_ref = None
-    if torch_specs:
-        torch_ref = TorchReference(torch_specs[0], onnx_ref.input_names, onnx_ref.output_names,
+    if torch_spec:
+        torch_ref = TorchReference(torch_spec, onnx_ref.input_names, onnx_ref.output_names,
                                    checkpoint=checkpoint, model_args=model_args, threads=threads, spin=spin)
     runner = load(bundle, threads=threads)
     if not spin:
@@ -245,7 +238,7 @@ def bench(
     report = BenchReport(
         bundle=str(bundle), model=model.name, threads=threads, runs=runs, warmup=warmup, batch=batch, spin=spin,
         machine=machine_info(torch_ref is not None),
-        references={"onnx": str(onnx_path), "pytorch": torch_specs[0] if torch_specs else None,
+        references={"onnx": str(onnx_path), "pytorch": torch_spec,
                     "checkpoint": str(checkpoint) if checkpoint else None},
         profiles=[{"name": e.name, "backend": e.backend, "precision": e.precision,
                    **{k: list(next(iter(e.profile.inputs.values())).to_dict()[k]) for k in ("min", "opt", "max")}}

@@ -121,3 +121,19 @@ def load_torch_model(spec: str, checkpoint: str | os.PathLike | None = None, mod
 
 def is_onnx_path(spec: str | os.PathLike) -> bool:
     return str(spec).lower().endswith(".onnx")
+
+
+def split_references(reference, checkpoint, bundle: Path, source_artifact: str) -> tuple[Path, str | None]:
+    """``--reference`` values -> (the ONNX model to compare with, the PyTorch factory spec or None).
+
+    At most one ``.onnx`` (default: the bundle's source model) and one ``module:factory``;
+    ``--checkpoint`` needs the factory."""
+    refs = [reference] if isinstance(reference, str | os.PathLike) else list(reference or [])
+    onnx_specs = [r for r in refs if is_onnx_path(r)]
+    torch_specs = [str(r) for r in refs if not is_onnx_path(r)]
+    if len(onnx_specs) > 1 or len(torch_specs) > 1:
+        raise InputError(f"reference: expected at most one .onnx model and one module:factory, got {refs}")
+    if checkpoint and not torch_specs:
+        raise InputError("--checkpoint needs a PyTorch reference (--reference module:factory or path.py:factory)")
+    onnx_path = Path(onnx_specs[0]) if onnx_specs else Path(bundle) / source_artifact
+    return onnx_path, (torch_specs[0] if torch_specs else None)
