@@ -20,7 +20,7 @@ from mrdeploy.calibration.budget import Budget, fit_budget
 from mrdeploy.calibration.cache import sha256_file, write_cache
 from mrdeploy.calibration.evaluate import Scorer, latency, metric_for
 from mrdeploy.calibration.preprocess import eval_sizes, prepare, profile_sizes
-from mrdeploy.calibration.qdq import activation_type, write_qdq
+from mrdeploy.calibration.qdq import activation_type, keep_float, reduce_range, write_qdq
 from mrdeploy.calibration.ranges import METHODS, amax, compute_ranges, to_jsonable
 from mrdeploy.calibration.sources import Item, load_samples, take
 from mrdeploy.errors import CalibrationError
@@ -28,6 +28,8 @@ from mrdeploy.runtime.modelinfo import ModelInfo
 from mrdeploy.runtime.profiles import Profile, check_profile, make_profile, parse_batch, parse_profile
 
 DEFAULT_HELDOUT = 32
+DEFAULT_METHOD = "minmax"  # entropy clipped the example models' ranges and kept 13 nodes float where minmax kept 5
+MIN_IMAGES = 2
 
 # precision=auto serves INT8 only when it is at least this much faster than FP32 at the opt shape:
 # INT8 costs some accuracy, and a smaller gain from a short side-by-side timing is within its noise.
@@ -43,27 +45,66 @@ class CalibrationSet:
     fingerprint: str
     description: str
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
-def load_data(data, samples: int = 64, seed: int = 0, heldout=None, channels: int = 3) -> CalibrationSet:
+def load_data(data, samples: int = 64, seed: int = 0, heldout=None, channels: int = 3,
+              need_heldout: bool = False) -> CalibrationSet:
     """Load ``samples`` calibration items from ``data`` and the held-out items: ``heldout`` None (up to
-    32 more items of ``data``, if it has them), an int (exactly that many more), or another data source."""
+    32 more items of ``data``, if it has them), an int (exactly that many more), or another data source
+    (a folder, file or callable, as ``data``).
+
+    With fewer than ``samples`` items, all are used (a note says so); when ``need_heldout`` (an accuracy
+    budget) and no held-out data is given, a third of them (at most 32) is held out instead."""
     if isinstance(data, CalibrationSet):
         return data
-    if samples < 1:
-        raise CalibrationError(f"--calib-samples must be at least 1, got {samples}")
-    if heldout is None or isinstance(heldout, int):
-        extra = DEFAULT_HELDOUT if heldout is None else heldout
-        loaded = load_samples(data, samples + extra, seed, channels)
-        calib, rest = take(loaded, samples, "calibration")
-        if isinstance(heldout, int) and len(rest) < heldout:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise CalibrationError(f"--calib-samples must be a whole number >= 1, got {samples!r}")
+    if heldout is not None and not isinstance(heldout, int):
+        loaded = load_samples(data, samples, seed, channels)
+        _enough(loaded, "calibration data")
+        held = load_samples(heldout, 10_000, seed + 1, channels)
+        if len(held.items) < 1:
+            raise CalibrationError(f"held-out data {held.description} has no usable images"
+                                   + (f" ({len(held.skipped)} unreadable files)" if held.skipped else ""))
+        notes = _short_note(loaded, samples)
+        return CalibrationSet(loaded.items, held.items, loaded.fingerprint, loaded.description,
+                              loaded.skipped + held.skipped, notes)
+    extra = DEFAULT_HELDOUT if heldout is None else heldout
+    loaded = load_samples(data, samples + extra, seed, channels)
+    _enough(loaded, "calibration data")
+    if isinstance(heldout, int):
+        if len(loaded.items) < samples + heldout:
             raise CalibrationError(f"asked for {samples} calibration + {heldout} held-out samples, but "
                                    f"{loaded.description} gave only {len(loaded.items)} usable ones")
-        return CalibrationSet(calib, rest[:extra], loaded.fingerprint, loaded.description, loaded.skipped)
-    loaded = load_samples(data, samples, seed, channels)
-    calib, _ = take(loaded, samples, "calibration")
-    held = load_samples(heldout, 10_000, seed + 1, channels)
-    return CalibrationSet(calib, held.items, loaded.fingerprint, loaded.description, loaded.skipped + held.skipped)
+        calib, rest = take(loaded, samples, "calibration")
+        return CalibrationSet(calib, rest[:heldout], loaded.fingerprint, loaded.description, loaded.skipped)
+    items, notes = loaded.items, []
+    if len(items) < samples + 1 and need_heldout:
+        held_n = min(DEFAULT_HELDOUT, max(1, len(items) // 3))
+        notes.append(f"{loaded.description} has {len(items)} usable images, fewer than --calib-samples "
+                     f"{samples} plus held-out ones: calibrating on {len(items) - held_n} and holding out "
+                     f"{held_n} for the accuracy budget (give --heldout-data for a separate held-out set)")
+        return CalibrationSet(items[held_n:], items[:held_n], loaded.fingerprint, loaded.description,
+                              loaded.skipped, notes)
+    notes = _short_note(loaded, samples)
+    return CalibrationSet(items[:samples], items[samples:samples + extra], loaded.fingerprint,
+                          loaded.description, loaded.skipped, notes)
+
+
+def _enough(loaded, what: str) -> None:
+    if len(loaded.items) < MIN_IMAGES:
+        shown = ", ".join(loaded.skipped[:5]) + (" ..." if len(loaded.skipped) > 5 else "")
+        skipped = f" ({len(loaded.skipped)} unreadable files skipped: {shown})" if loaded.skipped else ""
+        raise CalibrationError(f"{what} {loaded.description}: expected at least {MIN_IMAGES} usable images, "
+                               f"got {len(loaded.items)}{skipped}")
+
+
+def _short_note(loaded, samples: int) -> list[str]:
+    n = len(loaded.items)
+    if n >= samples:
+        return []
+    return [f"{loaded.description} has {n} usable images, fewer than --calib-samples {samples}: calibrating on all {n}"]
 
 
 @dataclass
@@ -82,7 +123,11 @@ class ProfileCalibration:
     cache_path: Path | None = None
     metric: str = "top1"
     heldout: int = 0
-    drop: float | None = None  # of the final Q/DQ model on held-out samples
+    drop: float | None = None  # of the final Q/DQ model on held-out samples (the metric's estimate)
+    observed_drop: float | None = None  # top-1: the counted fraction of flips (moves in steps of 1/N)
+    cosine_drop: float | None = None
+    weight_bits: int = 8
+    notes: list[str] = field(default_factory=list)
     drop_all_int8: float | None = None  # before any node was kept float for the budget
     max_drop: float | None = None
     quantized_nodes: int = 0
@@ -100,7 +145,9 @@ class ProfileCalibration:
             "percentile": self.percentile,
             "target": self.target,
             "activation_type": "uint8 asymmetric" if self.target == "onnxruntime" else "int8 symmetric",
-            "weight_type": "int8 symmetric per-channel",
+            "weight_type": "int8 symmetric per-channel" + (
+                "" if self.weight_bits == 8 else f", {self.weight_bits}-bit range (reduce_range: CPU without VNNI)"),
+            "weight_bits": self.weight_bits,
             "samples": self.samples,
             "seed": self.seed,
             "sizes": self.sizes,
@@ -111,12 +158,15 @@ class ProfileCalibration:
             "metric": self.metric,
             "heldout": self.heldout,
             "drop": self.drop,
+            "observed_drop": self.observed_drop,
+            "cosine_drop": self.cosine_drop,
             "drop_all_int8": self.drop_all_int8,
             "max_drop": self.max_drop,
             "quantized_nodes": self.quantized_nodes,
             "float_nodes": self.float_nodes,
             "rule_float_nodes": self.rule_float_nodes,
             "skipped_files": len(self.skipped),
+            "notes": self.notes,
         }
 
 
@@ -133,7 +183,7 @@ def calibrate_profile(
     *,
     qdq_path: str | Path,
     cache_path: str | Path | None = None,
-    method: str = "minmax",
+    method: str = DEFAULT_METHOD,
     percentile: float = 99.99,
     samples: int = 64,
     seed: int = 0,
@@ -146,12 +196,17 @@ def calibrate_profile(
     latency_runs: int = 20,
     threads: int | None = None,
     source_fingerprint: str | None = None,
+    reference_path: str | Path | None = None,
+    weight_bits: int | None = None,
 ) -> ProfileCalibration:
     """Calibrate ``model_path`` for ``profile`` on ``data`` (any source ``load_data`` takes, or a
     CalibrationSet) and write the Q/DQ model to ``qdq_path`` (and the TensorRT-style cache with its
     record to ``cache_path``). ``precision="auto"``: also measure FP32 vs INT8 latency at the profile's
     opt shape and set ``.precision`` to the faster one that meets the budget ("fp32" leaves
-    ``qdq_path`` written but unchosen). Raises CalibrationError when the budget cannot be met."""
+    ``qdq_path`` written but unchosen). Held-out outputs are compared with ``reference_path`` (default:
+    ``model_path``; the builder passes the source model, so a wrong specialization cannot hide).
+    ``weight_bits``: 8, or 7 (reduce_range); default :func:`qdq.reduce_range` of the target. Raises
+    CalibrationError when the budget cannot be met."""
     if method not in METHODS:
         raise CalibrationError(f"calibration method {method!r}: expected one of {', '.join(METHODS)}")
     activation_type(target)  # validates target
@@ -164,7 +219,7 @@ def calibrate_profile(
         work = Path(tmp)
         src, info = _model_and_info(model_path, work)
         channels = info.inputs[0].channels if info.inputs else 3
-        cset = load_data(data, samples, seed, heldout, channels)
+        cset = load_data(data, samples, seed, heldout, channels, need_heldout=max_drop is not None)
         missing = [n for n in profile.inputs if n not in {i.name for i in info.inputs}]
         if missing:
             raise CalibrationError(f"profile {profile.name} names inputs {missing} the model does not have "
@@ -185,19 +240,25 @@ def calibrate_profile(
         model = graph.load(src)
         rule_float = graph.softmax_neighbors(model)
         quantizable = [n.name for n in graph.quantizable_nodes(model)]
+        bits = weight_bits or (7 if reduce_range(target) else 8)
         out_name = info.outputs[0].name if info.outputs else model.graph.output[0].name
         metric = metric or metric_for(info.task)
 
-        def build(exclude: Sequence[str], path: Path) -> Path:
-            return write_qdq(src, path, ranges_json, method, target, exclude=[*rule_float, *exclude])
+        candidate = write_qdq(src, work / "int8.onnx", ranges_json, method, target, exclude=rule_float,
+                              weight_bits=bits)
+        full_int8 = graph.load(candidate)
 
-        candidate = build([], work / "int8.onnx")
+        def build(exclude: Sequence[str], path: Path) -> Path:
+            """The full INT8 model with the nodes ``exclude`` computing in float (see qdq.keep_float)."""
+            graph.save(keep_float(full_int8, model, exclude), path)
+            return path
+
         result = ProfileCalibration(
             profile=profile, method=method, target=target, samples=len(cset.calib), seed=seed,
             sizes=sorted({"/".join(f"{h}x{w}" for h, w in s.values()) for s in sizes}, key=_size_key),
             source_fingerprint=source_fingerprint or sha256_file(model_path), data_fingerprint=cset.fingerprint,
             metric=metric, max_drop=max_drop, rule_float_nodes=rule_float, skipped=cset.skipped,
-            percentile=percentile if method == "percentile" else None,
+            percentile=percentile if method == "percentile" else None, weight_bits=bits, notes=list(cset.notes),
         )
         if max_drop is not None and not cset.heldout:
             raise CalibrationError(
@@ -207,14 +268,19 @@ def calibrate_profile(
         if cset.heldout:
             held_feeds = [feed(it, s, f"held-out sample {k}") for k, it in enumerate(cset.heldout)
                           for s in eval_sizes(profile)]
-            scorer = Scorer.make(model_path, held_feeds, out_name, metric, threads, batch)
+            scorer = Scorer.make(reference_path or model_path, held_feeds, out_name, metric, threads, batch)
             result.heldout = len(cset.heldout)
-            result.drop_all_int8 = result.drop = scorer.score(candidate)
-            if max_drop is not None and result.drop > max_drop:
-                groups = graph.node_groups(model, [n for n in quantizable if n not in rule_float])
-                fit: Budget = fit_budget(groups, build, scorer.score_pair, result.drop, max_drop, work,
+            first = scorer.score(candidate)
+            result.drop_all_int8 = first.drop
+            _record(result, first)
+            if max_drop is not None and first.drop > max_drop:
+                types = set(graph.quantize_op_types())
+                groups = graph.node_groups(model, [n.name for n in model.graph.node
+                                                   if n.op_type in types and n.name not in rule_float])
+                fit: Budget = fit_budget(groups, build, scorer.score, first.drop, max_drop, work,
                                          desc=f"budget {profile.name}", name=profile.name, metric=metric)
-                candidate, result.drop, result.float_nodes = fit.path, fit.drop, fit.float_nodes
+                candidate, result.float_nodes = fit.path, fit.float_nodes
+                _record(result, fit.score)
         floated = {n for g in result.float_nodes for n in g["nodes"]} | set(rule_float)
         result.quantized_nodes = len([n for n in quantizable if n not in floated])
         if precision == "auto":
@@ -241,6 +307,10 @@ def calibrate_profile(
             }
             result.cache_path, _ = write_cache(cache_path, amax(ranges), record)
     return result
+
+
+def _record(result: ProfileCalibration, score) -> None:
+    result.drop, result.observed_drop, result.cosine_drop = (round(v, 6) for v in (score.drop, score.observed, score.cosine))
 
 
 def _opt_feed(profile: Profile, name: str):
@@ -294,10 +364,11 @@ class CalibrationResult:
         for p in self.profiles:
             for g in p.float_nodes:
                 lines.append(f"  {p.profile.name}: kept float {g['group']} ({len(g['nodes'])} nodes): drop "
-                             f"{g['drop_before']:.4f} -> {g['drop_after']:.4f}")
+                             f"{g['drop_alone']:.4f} with it alone float")
             if p.rule_float_nodes:
-                lines.append(f"  {p.profile.name}: kept float by rule (attention MatMuls around a Softmax): "
-                             f"{len(p.rule_float_nodes)} nodes")
+                lines.append(f"  {p.profile.name}: kept float by rule (attention cores, Softmax between "
+                             f"its MatMuls): {len(p.rule_float_nodes)} nodes")
+            lines.extend(f"  {p.profile.name}: {n}" for n in p.notes)
         return "\n".join(lines)
 
 
@@ -324,7 +395,7 @@ def calibrate(
     data,
     *,
     output_dir: str | Path,
-    method: str = "minmax",
+    method: str = DEFAULT_METHOD,
     percentile: float = 99.99,
     samples: int = 64,
     seed: int = 0,
@@ -348,7 +419,9 @@ def calibrate(
     if not resolved:
         raise CalibrationError("no profiles to calibrate: give at least one --profile")
     channels = info.inputs[0].channels if info.inputs else 3
-    cset = load_data(data, samples, seed, heldout, channels)
+    if max_drop is not None and not 0 <= max_drop < 1:
+        raise CalibrationError(f"--max-drop must be in [0, 1) (a fraction: 0.01 = 1 point), got {max_drop}")
+    cset = load_data(data, samples, seed, heldout, channels, need_heldout=max_drop is not None)
     source_fp = sha256_file(model_path)
     results = []
     with atomic_dir(output_dir) as tmp:

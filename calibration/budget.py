@@ -1,11 +1,18 @@
 """The accuracy budget: keep the fewest node blocks in float so the held-out drop meets ``--max-drop``.
 
-Feasibility first: each block is quantized alone (all else float); if even the least harmful one
-breaks the budget, no INT8 model meets it. Then greedy, by measurement: round one re-quantizes the model with each block in turn kept float and scores
-it on the held-out samples; the block whose float-keeping helps most is kept float; later rounds
-re-score the ``BEAM`` most helpful remaining blocks of the previous round (with the blocks already
-chosen kept float) and take the best again, until the budget is met. If every block would have to stay
-float, there is no INT8 model within the budget: CalibrationError, nothing written.
+A few evaluations per block at most, whatever the model:
+
+1. **Rank once.** Each block is kept float alone (everything else INT8) and scored: its gain is how much
+   the drop falls. One evaluation per block.
+2. **Add blocks back in rank order.** Keeping the k most helpful blocks float is scored for a k found by
+   bisection (the drop falls as k grows; about log2 of the block count evaluations). If even all blocks
+   but the least helpful one kept float break the budget, no INT8 model meets it: CalibrationError.
+3. **Put back what did not help.** A chosen block whose own gain was zero is put back into INT8 when the
+   budget still holds without it.
+
+Each evaluation quantizes the model with the chosen blocks float and scores it on the held-out samples;
+``score`` returns a :class:`~mrdeploy.calibration.evaluate.Score` (continuous drop, observed drop,
+cosine drop; the cosine drop breaks ties in the ranking).
 """
 
 from __future__ import annotations
@@ -15,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrdeploy._progress import Progress
+from mrdeploy.calibration.evaluate import Score
 from mrdeploy.errors import CalibrationError
-
-BEAM = 6
 
 
 @dataclass
@@ -26,12 +32,13 @@ class Budget:
     drop: float
     float_nodes: list[dict] = field(default_factory=list)
     evaluations: int = 0
+    score: Score | None = None
 
 
 def fit_budget(
     groups: Mapping[str, Sequence[str]],
     build: Callable[[Sequence[str], Path], Path],
-    score: Callable[[Path], tuple[float, float]],
+    score: Callable[[Path], Score],
     drop: float,
     max_drop: float,
     work: Path,
@@ -39,72 +46,52 @@ def fit_budget(
     name: str = "profile",
     metric: str = "top1",
 ) -> Budget:
-    """Keep blocks of ``groups`` (block -> node names) float until the drop <= ``max_drop``. ``score`` gives
-    (drop, tie-breaker): candidates with equal drops are ranked by the tie-breaker (a cosine drop)."""
-    chosen: list[dict] = []
-    excluded: list[str] = []
-    remaining = list(groups)
-    ranking: list[str] = list(remaining)
+    """Keep blocks of ``groups`` (block -> node names) float until the drop <= ``max_drop``; ``drop`` is
+    the drop with every block in INT8."""
+    blocks = list(groups)
     evaluations = 0
-    best_path: Path | None = None
-    with Progress(None, desc) as bar:
-        # Feasibility first: the least harmful block quantized alone (everything else float) is the best
-        # any INT8 model can do if quantizing more never helps; if even that breaks the budget, stop here.
-        alone = {}
-        for g in groups:
-            path = work / f"alone_{len(alone)}.onnx"
-            build([n for other in groups if other != g for n in groups[other]], path)
-            alone[g] = score(path)[0]
+    cache: dict[tuple[str, ...], tuple[Path, Score]] = {}
+
+    def evaluate(floated: Sequence[str], bar, note: str) -> tuple[Path, Score]:
+        nonlocal evaluations
+        key = tuple(sorted(floated))
+        if key not in cache:
+            path = work / f"budget_{evaluations}.onnx"
+            build([n for g in floated for n in groups[g]], path)
+            cache[key] = (path, score(path))
             evaluations += 1
-            bar.update(1, note=f"only {g}: {alone[g]:.4f}")
-            if alone[g] <= max_drop:
-                break
-        least = min(alone, key=alone.get) if alone else None
-        if least is None or alone[least] > max_drop:
-            raise CalibrationError(
-                f"profile {name}: --max-drop {max_drop} ({metric}) cannot be met by any INT8 model: the drop is "
-                f"{drop:.4f} with every node in INT8, and still "
-                + (f"{alone[least]:.4f} with only the least harmful block ({least}) in INT8 and all else float"
-                   if least else "nothing is quantizable")
-                + "; raise --max-drop, calibrate with more or other data, or build this profile in fp32"
-            )
-        while drop > max_drop:
-            if len(remaining) <= 1:
-                detail = (f"even with {len(chosen)} of {len(groups)} node blocks kept float the drop is {drop:.4f}"
-                          if chosen else f"the drop with every node in INT8 is {drop:.4f}")
-                raise CalibrationError(
-                    f"profile {name}: --max-drop {max_drop} ({metric}) cannot be met by any INT8 model: {detail}, "
-                    f"and keeping the last block ({', '.join(remaining) or 'none'}) float too leaves no INT8 node; "
-                    "raise --max-drop, calibrate with more or other data, or build this profile in fp32"
-                )
-            to_try = remaining if not chosen else [g for g in ranking if g in remaining][:BEAM]
-            scores, paths = {}, {}
-            for g in to_try:
-                path = work / f"budget_{evaluations}.onnx"
-                build([*excluded, *groups[g]], path)
-                scores[g], paths[g] = score(path), path
-                evaluations += 1
-                bar.update(1, note=f"{g}: {scores[g][0]:.4f}")
-                if scores[g][0] <= max_drop:
-                    break  # good enough: the first block that meets the budget ends the round
-            best = min(scores, key=lambda g: (*scores[g], len(groups[g])))
-            ranking = sorted(scores, key=scores.get) + [g for g in ranking if g not in scores]
-            chosen.append({"group": best, "nodes": list(groups[best]), "drop_before": drop,
-                           "drop_after": scores[best][0], "cost_saved": round(drop - scores[best][0], 6)})
-            excluded.extend(groups[best])
-            remaining.remove(best)
-            drop = scores[best][0]
-            best_path = paths[best]
-        # Blocks chosen on a tie (no gain in the metric) may be unneeded once later blocks are float:
-        # put each back into INT8 if the budget still holds without it.
-        for entry in [c for c in chosen if c["cost_saved"] <= 0]:
-            trial = [n for n in excluded if n not in set(entry["nodes"])]
-            path = work / f"prune_{evaluations}.onnx"
-            build(trial, path)
-            evaluations += 1
-            d = score(path)[0]
-            bar.update(1, note=f"back to int8 {entry['group']}: {d:.4f}")
-            if d <= max_drop:
-                chosen.remove(entry)
-                excluded, drop, best_path = trial, d, path
-    return Budget(best_path, drop, chosen, evaluations)
+            bar.update(1, note=f"{note}: {cache[key][1].drop:.4f}")
+        return cache[key]
+
+    def refuse(detail: str):
+        return CalibrationError(
+            f"profile {name}: --max-drop {max_drop} ({metric}) cannot be met by any INT8 model: the drop is "
+            f"{drop:.4f} with every node in INT8, and {detail}; raise --max-drop, calibrate with more or "
+            "other data, or build this profile in fp32")
+
+    if len(blocks) < 2:
+        raise refuse("the model has no block that could stay float while another stays INT8")
+    with Progress(len(blocks) + max(1, len(blocks).bit_length()) + 2, desc) as bar:
+        alone = {g: evaluate([g], bar, f"float {g}")[1] for g in blocks}
+        ranking = sorted(blocks, key=lambda g: (alone[g].drop, alone[g].cosine, len(groups[g])))
+        worst = len(blocks) - 1  # every block float but the least helpful one
+        _, most = evaluate(ranking[:worst], bar, f"{worst} blocks float")
+        if most.drop > max_drop:
+            raise refuse(f"still {most.drop:.4f} with {worst} of {len(blocks)} blocks kept float "
+                         f"(only {ranking[-1]} in INT8)")
+        lo, hi = 0, worst  # drop(lo) > max_drop (lo = 0: all INT8), drop(hi) <= max_drop
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if evaluate(ranking[:mid], bar, f"{mid} blocks float")[1].drop <= max_drop:
+                hi = mid
+            else:
+                lo = mid
+        chosen = list(ranking[:hi])
+        for g in [g for g in chosen if alone[g].drop >= drop]:  # no gain alone: try it back in INT8
+            trial = [c for c in chosen if c != g]
+            if trial and evaluate(trial, bar, f"back to int8 {g}")[1].drop <= max_drop:
+                chosen = trial
+        path, final = evaluate(chosen, bar, "final")
+    float_nodes = [{"group": g, "nodes": list(groups[g]), "drop_alone": round(alone[g].drop, 6),
+                    "gain_alone": round(drop - alone[g].drop, 6)} for g in chosen]
+    return Budget(path, final.drop, float_nodes, evaluations, final)

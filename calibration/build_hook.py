@@ -1,29 +1,52 @@
 """The builder's int8/auto step for one profile: calibrate the specialized model, pick the precision.
 
-``mrdeploy.exporter.build`` calls :func:`quantize_for_build` from its ``_quantize_profile`` hook with the
-FP32 model already specialized to the profile; this returns what the builder writes into the bundle.
+``mrdeploy.exporter.build`` calls :func:`quantize_for_build` with the FP32 model already specialized to
+the profile (and checked against the source); this returns what the builder writes into the bundle.
+The calibration options travel as one :class:`CalibOptions`.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from mrdeploy.calibration.api import ProfileCalibration, calibrate_profile
+from mrdeploy.calibration.api import DEFAULT_METHOD, ProfileCalibration, calibrate_profile, load_data
 from mrdeploy.calibration.cache import sha256_file
 from mrdeploy.errors import CalibrationError
 from mrdeploy.runtime.profiles import Profile
 
 DEFAULT_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class CalibOptions:
+    """What ``build-engine`` calibrates INT8 profiles with: ``data`` (a folder, .npy/.npz or
+    module:callable), ``heldout`` (separate held-out data for the budget, else part of ``data``),
+    ``method``, ``samples`` per profile, ``max_drop`` (the budget), ``seed``, ``threads``."""
+
+    data: object = None
+    heldout: object = None
+    method: str = DEFAULT_METHOD
+    samples: int = DEFAULT_SAMPLES
+    max_drop: float | None = None
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.max_drop is not None and not 0 <= self.max_drop < 1:
+            raise CalibrationError(f"--max-drop must be in [0, 1) (a fraction: 0.01 = 1 point), got {self.max_drop}")
+
+
 _DATA_CACHE: dict[tuple, object] = {}
 
 
-def _identity(calib_data):
+def _identity(data):
     """What the loaded set depends on: a folder's file list with sizes and mtimes, a file's size and mtime."""
-    if not isinstance(calib_data, (str, os.PathLike)):
-        return id(calib_data)
-    path = Path(calib_data)
+    if data is None or not isinstance(data, (str, os.PathLike)):
+        return None if data is None else ("object", id(data))
+    path = Path(data)
     if path.is_dir():
         from mrdeploy.calibration.sources import IMAGE_SUFFIXES, folder_fingerprint
 
@@ -32,54 +55,43 @@ def _identity(calib_data):
     if path.is_file():
         st = path.stat()
         return (os.fspath(path), st.st_size, st.st_mtime_ns)
-    return os.fspath(calib_data)
+    return os.fspath(data)
 
 
-def _data(calib_data, samples: int, seed: int, channels: int):
+def _data(options: CalibOptions, channels: int):
     """Load the calibration set once per build (every profile uses the same items, at its own sizes)."""
-    from mrdeploy.calibration.api import load_data
-
-    key = (_identity(calib_data), samples, seed, channels)
+    key = (_identity(options.data), _identity(options.heldout), options.samples, options.seed, channels,
+           options.max_drop is not None)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = load_data(calib_data, samples, seed, None, channels)
+        _DATA_CACHE[key] = load_data(options.data, options.samples, options.seed, options.heldout, channels,
+                                     need_heldout=options.max_drop is not None)
     return _DATA_CACHE[key]
 
 
-def quantize_for_build(
-    source_path: str | Path,
-    model,
-    profile: Profile,
-    *,
-    precision: str,
-    backend: str,
-    calib_data,
-    calib_method: str | None = "entropy",
-    calib_samples: int | None = None,
-    max_drop: float | None = None,
-    seed: int = 0,
-    threads: int | None = None,
-):
-    """-> (model, precision, calibration, measurements, cache_bytes) for the builder (see its hook)."""
+def quantize_for_build(source_path: str | Path, model, profile: Profile, *, precision: str, backend: str,
+                       options: CalibOptions):
+    """-> (model, precision, calibration, measurements, cache_bytes) for the builder. Held-out outputs
+    are compared with the source model at ``source_path``, not with the specialized one."""
     import onnx
 
-    if calib_data is None:
+    if options.data is None:
         raise CalibrationError(
             f"precision {precision!r} needs INT8 calibration data: give --calib-data DIR|FILE.npz|module:callable "
             "(images at the sizes your inputs really have)"
         )
-    samples = calib_samples or DEFAULT_SAMPLES
     target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
     channels = next(iter(profile.inputs.values())).opt[1]
     with tempfile.TemporaryDirectory(prefix="mrdeploy-int8-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         onnx.save(model, str(fp32_path))
         result: ProfileCalibration = calibrate_profile(
-            fp32_path, profile, _data(calib_data, samples, seed, channels),
+            fp32_path, profile, _data(options, channels),
             qdq_path=Path(tmp) / "int8.onnx", cache_path=Path(tmp) / "int8.calib",
-            method=calib_method or "entropy", samples=samples, seed=seed, target=target, max_drop=max_drop,
+            method=options.method, samples=options.samples, seed=options.seed, target=target,
+            max_drop=options.max_drop,
             precision="auto" if precision == "auto" and backend == "onnxruntime" else "int8",
-            threads=threads, source_fingerprint=sha256_file(source_path),
+            threads=options.threads, source_fingerprint=sha256_file(source_path), reference_path=source_path,
         )
         measurements = result.measurements
         if precision == "auto" and backend != "onnxruntime":

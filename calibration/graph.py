@@ -16,6 +16,8 @@ QUANTIZE_OP_TYPES = ("Conv", "MatMul", "Gemm")
 # Ops a Softmax output may pass through unchanged in layout terms before the attention MatMul.
 _PASS_THROUGH = {"Transpose", "Reshape", "Cast", "Identity", "Dropout", "Squeeze", "Unsqueeze", "Flatten"}
 _ELEMENTWISE = {"Mul", "Div", "Add", "Sub", "Where"}  # scaling, masks and biases on attention logits
+# Ops that only move q, k and v into place (split heads, transpose) before the attention MatMuls.
+_LAYOUT = _PASS_THROUGH | {"Split", "Slice", "Gather", "Concat"}
 
 
 def load(path: str | Path) -> onnx.ModelProto:
@@ -25,6 +27,11 @@ def load(path: str | Path) -> onnx.ModelProto:
         raise CalibrationError(f"model {path} does not exist") from e
     except Exception as e:
         raise CalibrationError(f"cannot read ONNX model {path}: {type(e).__name__}: {e}") from e
+
+
+def save(model: onnx.ModelProto, path: str | Path) -> Path:
+    onnx.save(model, str(path))
+    return Path(path)
 
 
 def model_info(model: onnx.ModelProto) -> ModelInfo:
@@ -48,42 +55,81 @@ def quantizable_nodes(model: onnx.ModelProto, op_types=QUANTIZE_OP_TYPES) -> lis
     return [n for n in model.graph.node if n.op_type in op_types]
 
 
-def softmax_neighbors(model: onnx.ModelProto, op_types=QUANTIZE_OP_TYPES) -> list[str]:
-    """Names of quantizable nodes next to a Softmax: those reading its output (attn @ v) and those making
-    its input (q @ k^T), through layout-only and elementwise ops.
+def quantize_op_types() -> list[str]:
+    """The op types quantized by default: the ones onnxruntime's ``quantize_static`` quantizes when it is
+    not told (its QDQ and QLinear registries), less Softmax (see :func:`softmax_neighbors`).
+
+    Quantizing Relu and Clip (ReLU6) as ORT does matters: its QDQ quantizer then folds the activation
+    into the output quantizer of the Conv or MatMul before it, so that quantizer gets the activation's
+    range (0..6) instead of the pre-activation's (about +-150 on EfficientNet-Lite, five levels left
+    for 0..6) and ORT fuses Conv+activation into one integer kernel."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - {"Softmax"})
+
+
+def softmax_neighbors(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes of every attention core, kept float by rule: from the MatMul making the
+    attention logits (q @ k^T) through the scaling, masks and biases on them, the Softmax, and the
+    layout ops after it, to the MatMul reading the weights (attn @ v); and the ops bringing q, k and v
+    to those MatMuls (bias add, scaling, head split, transposes).
 
     Quantizing the Softmax output quantizes the attention weights: with 1000+ tokens most of them fall
-    below one quantization step and the output collapses. Quantizing its input (the attention logits)
-    puts quantization error inside the exponential. Both MatMuls stay float, and so does the Softmax
-    (never in the quantized op types); they are activation x activation products, cheap to keep float."""
+    below one quantization step and the output collapses. Quantizing the logits puts quantization error
+    inside the exponential. The two MatMuls are activation x activation products, cheap to keep float."""
     producer = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+    core: dict[str, None] = {}
 
-    def from_softmax(tensor: str, depth: int = 0) -> bool:
+    def back(tensor: str, path: list[str], depth: int) -> None:  # Softmax input -> the logits MatMul
         node = producer.get(tensor)
         if node is None or depth > 6:
-            return False
-        if node.op_type == "Softmax":
-            return True
-        return node.op_type in _PASS_THROUGH and bool(node.input) and from_softmax(node.input[0], depth + 1)
+            return
+        if node.op_type in QUANTIZE_OP_TYPES:
+            core.update(dict.fromkeys([*path, node.name]))
+        elif node.op_type in _PASS_THROUGH | _ELEMENTWISE:
+            for i in node.input:
+                back(i, [*path, node.name], depth + 1)
 
-    def to_softmax(tensor: str, depth: int = 0) -> bool:
+    def forward(tensor: str, path: list[str], depth: int) -> None:  # Softmax output -> the attn @ v MatMul
         for node in consumers.get(tensor, []):
-            if node.op_type == "Softmax":
-                return True
-            if depth < 4 and node.op_type in _PASS_THROUGH | _ELEMENTWISE and to_softmax(node.output[0], depth + 1):
-                return True
-        return False
+            if node.op_type in QUANTIZE_OP_TYPES:
+                core.update(dict.fromkeys([*path, node.name]))
+            elif node.op_type in _PASS_THROUGH and depth < 6:
+                forward(node.output[0], [*path, node.name], depth + 1)
 
-    return [n.name for n in model.graph.node if n.op_type in op_types
-            and (any(from_softmax(i) for i in n.input) or to_softmax(n.output[0]))]
+    def layout(tensor: str, depth: int) -> None:
+        """q, k and v as they reach the MatMuls: the ops that add the projection's bias, scale, split
+        and transpose them (the projection MatMul itself stays INT8; its output is not requantized)."""
+        node = producer.get(tensor)
+        if node is None or node.name in core or depth >= 8:
+            return
+        if node.op_type in _LAYOUT:
+            core[node.name] = None
+            layout(node.input[0], depth + 1)
+        elif node.op_type in _ELEMENTWISE:
+            core[node.name] = None
+            for i in node.input:
+                layout(i, depth + 1)
+
+    for n in model.graph.node:
+        if n.op_type == "Softmax":
+            back(n.input[0], [n.name], 0)
+            forward(n.output[0], [n.name], 0)
+    by_name = {n.name: n for n in model.graph.node}
+    for name in [c for c in core if by_name[c].op_type in QUANTIZE_OP_TYPES]:
+        for i in by_name[name].input:
+            layout(i, 0)
+    return list(core)
 
 
-def _scope(node: onnx.NodeProto) -> str | None:
-    """The module path a node came from: torch.onnx's name-scope metadata, else a '/a/b/Op' name."""
+def _scope(node: onnx.NodeProto, initializers: set[str] = frozenset()) -> str | None:
+    """The module path a node came from: torch.onnx's name-scope metadata, else a '/a/b/Op' name, else
+    the module path in its weight's name ('_blocks.3._expand_conv.weight': the optimizers that fold
+    and fuse the exported graph drop node metadata, but weights keep the state-dict names)."""
     meta = {p.key: p.value for p in node.metadata_props}
     scopes = meta.get("pkg.torch.onnx.name_scopes")
     if scopes:
@@ -97,18 +143,22 @@ def _scope(node: onnx.NodeProto) -> str | None:
             return names[-1]
     if node.name.startswith("/") and node.name.count("/") >= 2:
         return node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")
+    for name in node.input[1:2]:
+        if name in initializers and "." in name:
+            return name.rsplit(".", 1)[0]
     return None
 
 
-def block_of(scope: str | None, depth: int = 2) -> str | None:
+def block_of(scope: str | None, depth: int = 2, keep_index: bool = False) -> str | None:
     """The module path cut after its ``depth``-th named part: 'blocks.0.attn.qkv' -> 'blocks.0.attn',
-    'net.stem.0.0' -> 'net.stem', 'fine.1.0.0' -> 'fine.1.0.0' (one named part: the layer itself)."""
+    'net.stem.0.0' -> 'net.stem', 'fine.1.0.0' -> 'fine.1.0.0' (one named part: the layer itself);
+    ``keep_index`` keeps the indices right after the cut: '_blocks.3._expand_conv' -> '_blocks.3' (depth 1)."""
     if not scope:
         return None
     out: list[str] = []
     named = 0
     for part in scope.split("."):
-        if named == depth:
+        if named == depth and not (keep_index and re.fullmatch(r"\d+", part)):
             break
         if not re.fullmatch(r"\d+", part):
             named += 1
@@ -116,13 +166,28 @@ def block_of(scope: str | None, depth: int = 2) -> str | None:
     return ".".join(out)
 
 
-def node_groups(model: onnx.ModelProto, names: list[str]) -> OrderedDict[str, list[str]]:
-    """Group quantized node names into blocks (by module scope) for the sensitivity pass, in graph order."""
-    by_name = {n.name: n for n in model.graph.node}
-    groups: OrderedDict[str, list[str]] = OrderedDict()
-    for name in names:
-        key = block_of(_scope(by_name[name])) or name
-        groups.setdefault(key, []).append(name)
+MAX_GROUPS = 24  # the budget evaluates each block once: more blocks than this are merged into their parents
+
+
+def node_groups(model: onnx.ModelProto, names: list[str], max_groups: int = MAX_GROUPS) -> OrderedDict[str, list[str]]:
+    """Group quantized node names into blocks (by module scope) for the sensitivity pass, in graph order:
+    'blocks.0.attn', or, where that gives more than ``max_groups`` blocks, 'blocks.0' (EfficientNet's
+    65 convs -> its 16 MBConv blocks, stem, head and classifier)."""
+    inits = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    scopes: dict[str, str | None] = {}
+    for n in model.graph.node:  # graph order: a weightless node (Add, Concat) takes its producer's scope
+        own = _scope(n, inits)
+        if own is None:
+            own = next((scopes[producer[i].name] for i in n.input
+                        if i in producer and scopes.get(producer[i].name)), None)
+        scopes[n.name] = own
+    for depth, keep_index in ((2, False), (1, True)):
+        groups: OrderedDict[str, list[str]] = OrderedDict()
+        for name in names:
+            groups.setdefault(block_of(scopes[name], depth, keep_index) or name, []).append(name)
+        if len(groups) <= max_groups:
+            break
     return groups
 
 

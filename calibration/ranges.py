@@ -49,7 +49,7 @@ def compute_ranges(
     model_path: str | Path,
     feeds: Sequence[dict[str, np.ndarray]],
     method: str = "minmax",
-    op_types: Sequence[str] = ("Conv", "MatMul", "Gemm"),
+    op_types: Sequence[str] | None = None,
     symmetric: bool = False,
     percentile: float = 99.99,
     desc: str = "calibrating",
@@ -62,6 +62,10 @@ def compute_ranges(
     histogram every shape group on that one fixed range: onnxruntime's collector otherwise widens a
     histogram by adding bins when a later group has larger values, and its entropy search only looks at
     the first ``num_bins`` of them, which clips the ranges of mixed-size calibrations."""
+    if op_types is None:
+        from mrdeploy.calibration.graph import quantize_op_types
+
+        op_types = quantize_op_types()
     if not 0 < percentile <= 100:
         raise CalibrationError(f"--percentile must be in (0, 100], got {percentile}")
     runs = [feed for g in group_by_shape(feeds) for feed, _ in chunks(g, batch, CHUNK)]

@@ -36,8 +36,9 @@ BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "auto")
 POLICIES = ("pad", "resize", "error")
 # the check of a specialized model against its source, per precision: (atol, rtol, min cosine)
-# int8: only the direction is checked here; its accuracy budget is the calibration's max_drop
-TOLERANCES = {"fp32": (1e-4, 1e-3, 0.9999), "fp16": (1e-2, 2e-2, 0.999), "int8": (float("inf"), 0.0, 0.98)}
+# int8 profiles: the fp32 model they are quantized from is checked with the fp32 tolerances; the Q/DQ
+# model itself against the source on held-out real data (the calibration's drop and --max-drop)
+TOLERANCES = {"fp32": (1e-4, 1e-3, 0.9999), "fp16": (1e-2, 2e-2, 0.999)}
 
 
 @dataclass
@@ -86,35 +87,16 @@ def _shapes_text(profile: Profile) -> str:
     return profile.describe().split("=", 1)[1]
 
 
-def _quantize_profile(
-    source: SourceModel,
-    model,
-    profile: Profile,
-    *,
-    precision: str,
-    backend: str,
-    calib_data: str | os.PathLike | None,
-    calib_method: str | None,
-    calib_samples: int | None,
-    max_drop: float | None,
-    workdir: Path,
-):
-    """THE hook for precision ``int8`` / ``auto`` (filled by the calibration helper).
+def _quantize_profile(source: SourceModel, model, profile: Profile, *, precision: str, backend: str, options):
+    """THE hook for precision ``int8`` / ``auto``: gets the fp32 model specialized to ``profile`` (already
+    checked against the source) and the build's :class:`~mrdeploy.calibration.build_hook.CalibOptions`;
+    returns ``(model, precision, calibration, measurements, cache_bytes)``: the model to save or build
+    and the precision actually chosen (for ``int8`` the Q/DQ model; when ``auto`` keeps ``fp32`` the
+    fp32 model), the manifest's ``calibration`` dict (``cache``/``cache_sha256`` are filled by the
+    builder when ``cache_bytes`` is given: written as ``profiles/<name>.calib``) and ``measurements``."""
+    from mrdeploy.calibration.build_hook import quantize_for_build
 
-    Gets the fp32 model specialized to ``profile`` and returns ``(model, precision, calibration,
-    measurements, cache_bytes)``: the model to save or build and the precision actually chosen. For
-    ``int8`` that is the quantized (Q/DQ) model; when ``auto`` keeps ``fp32`` or ``fp16`` it is the fp32
-    model (the builder then applies fp16 itself: a cast for onnxruntime and TensorRT 11, the FP16 flag on
-    TensorRT 10). Then the manifest's ``calibration`` dict (method, samples,
-    data_fingerprint, source_fingerprint, float_nodes, ...; ``cache``/``cache_sha256`` are filled by the
-    builder when ``cache_bytes`` is given: written as ``profiles/<name>.calib``) and ``measurements``.
-    """
-    from mrdeploy.calibration.build_hook import quantize_for_build  # the calibration helper's part
-
-    return quantize_for_build(
-        source.path, model, profile, precision=precision, backend=backend, calib_data=calib_data,
-        calib_method=calib_method, calib_samples=calib_samples, max_drop=max_drop,
-    )
+    return quantize_for_build(source.path, model, profile, precision=precision, backend=backend, options=options)
 
 
 def _check(kind: str, ok_rows: list, profile: Profile, table: str) -> None:
@@ -157,9 +139,10 @@ def build_bundle(
     timing_cache: str | os.PathLike | None = None,
     hardware_compatible: bool = False,
     calib_data: str | os.PathLike | None = None,
-    calib_method: str | None = "minmax",
+    calib_method: str | None = None,
     calib_samples: int | None = None,
     max_drop: float | None = None,
+    heldout_data: str | os.PathLike | None = None,
     quiet: bool = False,
 ) -> BuildResult:
     """Build the bundle and return it with the per-profile report (see :func:`build_engine`)."""
@@ -169,6 +152,14 @@ def build_bundle(
         raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if policy is not None and policy not in POLICIES:
         raise ExportError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    calib_options = None
+    if precision in ("int8", "auto"):
+        from mrdeploy.calibration.build_hook import DEFAULT_SAMPLES, CalibOptions
+
+        calib_options = CalibOptions(  # validates --max-drop before any work
+            data=calib_data, heldout=heldout_data, method=calib_method or CalibOptions.method,
+            samples=DEFAULT_SAMPLES if calib_samples is None else calib_samples, max_drop=max_drop, threads=threads,
+        )
     trt_builder = None
     if backend == "tensorrt":
         from mrdeploy.exporter.tensorrt_build import TensorRTBuilder
@@ -217,27 +208,35 @@ def build_bundle(
                 spec = specialize(source.proto, profile)
                 result.notes.extend(f"{profile.name}: {n}" for n in spec.notes)
                 model, prec, calibration, measurements, calib_cache = spec.model, precision, None, None, None
+                fp32_rows = None
+                if precision in ("int8", "auto") or backend != "onnxruntime":
+                    # what gets quantized or built is the fp32 specialized model: it must match the source
+                    fp32_rows = check_specialized(src_session, spec.model, profile, threads=check_threads)
+                    result.check_rows.extend(fp32_rows)
+                    _check("fp32 specialized", fp32_rows, profile, format_check_table(fp32_rows))
                 if precision in ("int8", "auto"):
                     model, prec, calibration, measurements, calib_cache = _quantize_profile(
-                        source, spec.model, profile, precision=precision, backend=backend,
-                        calib_data=calib_data, calib_method=calib_method, calib_samples=calib_samples,
-                        max_drop=max_drop, workdir=tmp,
+                        source, spec.model, profile, precision=precision, backend=backend, options=calib_options,
                     )
+                    if calibration:
+                        result.notes.extend(f"{profile.name}: {n}" for n in calibration.get("notes", []))
                 max_abs = min_cos = None
                 if backend == "onnxruntime":
                     if prec == "fp16":
                         from mrdeploy.exporter.fp16 import convert_to_fp16
 
                         model = convert_to_fp16(model)
-                    atol, rtol, min_c = TOLERANCES.get(prec, (5e-2, 5e-2, 0.99))
-                    if prec == "int8":  # random inputs fall outside the calibrated ranges; the calibration
-                        rows = []  # measured the Q/DQ model on held-out real data (calibration["drop"])
+                    atol, rtol, min_c = TOLERANCES.get("fp32" if prec == "int8" else prec, (5e-2, 5e-2, 0.99))
+                    if prec == "int8":  # random inputs fall outside the calibrated ranges: the fp32 model was
+                        rows = fp32_rows  # checked above, the Q/DQ model on held-out real data against the source
+                    elif fp32_rows is not None and prec == "fp32":
+                        rows = fp32_rows
                     else:
                         rows = check_specialized(
                             src_session, model, profile, atol=atol, rtol=rtol, min_cosine=min_c, threads=check_threads
                         )
-                    result.check_rows.extend(rows)
-                    _check(f"{prec} specialized", rows, profile, format_check_table(rows))
+                        result.check_rows.extend(rows)
+                        _check(f"{prec} specialized", rows, profile, format_check_table(rows))
                     max_abs = max((r.max_abs for r in rows), default=None)
                     min_cos = min((r.cosine for r in rows), default=None)
                     artifact = f"profiles/{profile.name}.onnx"
@@ -246,11 +245,14 @@ def build_bundle(
                     except ValueError as e:  # protobuf's 2 GB limit
                         raise ExportError(f"profile {profile.name!r}: the specialized model cannot be saved: {e}") from None
                     options = session_settings(profile, threads)
+                    if prec == "int8":
+                        from mrdeploy.calibration.evaluate import INT8_SESSION_CONFIG
+
+                        options["session"]["session_config"] = dict(INT8_SESSION_CONFIG)
                     options["check"] = {"max_abs": max_abs, "min_cosine": min_cos, "atol": atol, "rtol": rtol}
                 else:
-                    # the ONNX that goes into TensorRT is checked here; the engines on a GPU: examples/gpu_check.py
-                    rows = check_specialized(src_session, spec.model, profile, threads=check_threads)
-                    _check("fp32 specialized", rows, profile, format_check_table(rows))
+                    # the ONNX that goes into TensorRT is checked above; the engines on a GPU: examples/gpu_check.py
+                    rows = fp32_rows
                     engine = trt_builder.build(model, profile, prec)
                     artifact = f"profiles/{profile.name}.plan"
                     (tmp / artifact).write_bytes(engine.plan)
@@ -333,7 +335,8 @@ def build_engine(
     facts for models without mrdeploy metadata (``divisor``, ``spatial_outputs``, ``mean``, ``std``, ``min_size``, ``max_size``),
     ``threads`` (ONNX Runtime intra-op threads recorded in the bundle), tensorrt's ``workspace`` (MiB),
     ``timing_cache`` (file read before and updated after the build) and ``hardware_compatible``, and the
-    calibration pass-through (``calib_data``, ``calib_method``, ``calib_samples``, ``max_drop``), ``quiet``:
+    calibration options (``calib_data``, ``calib_method``, ``calib_samples``, ``max_drop``, ``heldout_data``:
+    separate held-out data for the budget), ``quiet``:
     the keywords of :func:`build_bundle`, which also returns the per-profile report.
     """
     return build_bundle(model_path, output, profiles, **options).path

@@ -179,8 +179,8 @@ def test_int8_goes_through_the_calibration_hook(conv, tmp_path, monkeypatch):
     seen = []
 
     def fake_hook(source, model, profile, **kw):
-        seen.append((profile.name, kw["precision"], kw["calib_data"], len(model.graph.node)))
-        return model, "int8", {"method": kw["calib_method"], "samples": 3}, {"chosen": "int8"}, b"CACHE"
+        seen.append((profile.name, kw["precision"], kw["options"].data, len(model.graph.node)))
+        return model, "int8", {"method": kw["options"].method, "samples": 3}, {"chosen": "int8"}, b"CACHE"
 
     monkeypatch.setattr(build, "_quantize_profile", fake_hook)
     path = build_engine(conv, tmp_path / "b", ["s=64"], precision="int8", calib_data="imgs", calib_method="minmax")

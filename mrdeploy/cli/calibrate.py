@@ -22,6 +22,8 @@ import click
 @click.option("--heldout", type=int, default=None,
               help="Held-out samples (more items of --calib-data, never calibrated on) for the accuracy check "
                    "[default: up to 32].")
+@click.option("--heldout-data", type=click.Path(), default=None,
+              help="Separate held-out images for the accuracy budget (instead of --heldout more items of --calib-data).")
 @click.option("--max-drop", type=float, default=None,
               help="Accuracy budget per profile as a fraction (0.01 = 1 point of top-1 agreement with FP32); "
                    "blocks that break it stay float.")
@@ -37,13 +39,17 @@ import click
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for evaluation and timing.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-def command(model, profiles, batch, data, output, method, percentile, samples, heldout, max_drop, metric, target,
+def command(model, profiles, batch, data, output, method, percentile, samples, heldout, heldout_data, max_drop, metric, target,
             size_mode, precision, threads, seed, as_json) -> None:
     """Calibrate MODEL.onnx for INT8 per resolution profile, at each profile's own sizes."""
     import json
 
     from mrdeploy.calibration import calibrate
 
+    if heldout is not None and heldout_data is not None:
+        raise click.UsageError("give --heldout N (more items of --calib-data) or --heldout-data DIR, not both")
+    if heldout_data is not None:
+        heldout = heldout_data
     result = calibrate(
         model, list(profiles), data, output_dir=output, method=method, percentile=percentile, samples=samples,
         seed=seed, target=target, max_drop=max_drop, heldout=heldout, size_mode=size_mode, precision=precision,
