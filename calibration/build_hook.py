@@ -25,9 +25,10 @@ def _identity(calib_data):
         return id(calib_data)
     path = Path(calib_data)
     if path.is_dir():
-        from mrdeploy.calibration.sources import IMAGE_SUFFIXES, folder_fingerprint
+        from mrdeploy.calibration.sources import folder_fingerprint
+        from mrdeploy.runtime.images import image_files
 
-        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        files = image_files(path)
         return (os.fspath(path), folder_fingerprint(path, files))
     if path.is_file():
         st = path.stat()
