@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from mrdeploy._atomic import run_tempdir
 from mrdeploy.calibration.api import ProfileCalibration, calibrate_profile
 from mrdeploy.calibration.cache import sha256_file
 from mrdeploy.errors import CalibrationError
@@ -72,7 +73,7 @@ def quantize_for_build(
     samples = calib_samples or DEFAULT_SAMPLES
     target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
     channels = next(iter(profile.inputs.values())).opt[1]
-    with tempfile.TemporaryDirectory(prefix="mrdeploy-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-int8-", dir=run_tempdir()) as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         onnx.save(model, str(fp32_path))
         result: ProfileCalibration = calibrate_profile(

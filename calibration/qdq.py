@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrdeploy._atomic import run_tempdir
 from mrdeploy.calibration.ranges import _quiet_ort, ort_method
 from mrdeploy.errors import CalibrationError
 
@@ -56,7 +57,7 @@ def write_qdq(
         "WeightSymmetric": True,
         "DedicatedQDQPair": symmetric,  # TensorRT fuses per consumer
     }
-    with tempfile.TemporaryDirectory(prefix="mrdeploy-qdq-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-qdq-", dir=run_tempdir()) as tmp:
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(tensors_data(ranges, method), cache)
         try:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrdeploy._atomic import atomic_dir, atomic_file
+from mrdeploy._atomic import atomic_dir, atomic_file, check_output
 from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError
 from mrdeploy.exporter.onnx_model import SourceModel, read_model
@@ -161,6 +161,7 @@ def build_bundle(
     calib_samples: int | None = None,
     max_drop: float | None = None,
     quiet: bool = False,
+    force: bool = False,
 ) -> BuildResult:
     """Build the bundle and return it with the per-profile report (see :func:`build_engine`)."""
     if backend not in BACKENDS:
@@ -169,6 +170,7 @@ def build_bundle(
         raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if policy is not None and policy not in POLICIES:
         raise ExportError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    check_output(output, "bundle", force)  # before any work: replace only what mrdeploy wrote
     trt_builder = None
     if backend == "tensorrt":
         from mrdeploy.exporter.tensorrt_build import TensorRTBuilder
@@ -201,7 +203,7 @@ def build_bundle(
     src_session = cpu_session(source.proto, check_threads)
     entries = []
     show = None if not quiet else False
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, "bundle", force) as tmp:
         (tmp / "profiles").mkdir()
         if source.external_data:  # one self-contained file in the bundle (ONNX protobufs stop at 2 GB)
             try:
@@ -333,7 +335,8 @@ def build_engine(
     facts for models without mrdeploy metadata (``divisor``, ``spatial_outputs``, ``mean``, ``std``, ``min_size``, ``max_size``),
     ``threads`` (ONNX Runtime intra-op threads recorded in the bundle), tensorrt's ``workspace`` (MiB),
     ``timing_cache`` (file read before and updated after the build) and ``hardware_compatible``, and the
-    calibration pass-through (``calib_data``, ``calib_method``, ``calib_samples``, ``max_drop``), ``quiet``:
+    calibration pass-through (``calib_data``, ``calib_method``, ``calib_samples``, ``max_drop``), ``quiet``,
+    ``force`` (replace an existing mrdeploy output of another kind at ``output``; never anything else):
     the keywords of :func:`build_bundle`, which also returns the per-profile report.
     """
     return build_bundle(model_path, output, profiles, **options).path

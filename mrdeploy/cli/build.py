@@ -35,9 +35,11 @@ import click
 @click.option("--calib-samples", type=int, help="Calibration images per profile (int8/auto).")
 @click.option("--max-drop", type=float, help="Largest accuracy drop auto precision accepts (int8/auto).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Replace another mrdeploy output at -o (a calibration output); an "
+              "existing bundle is always replaced, a directory mrdeploy did not write never.")
 def command(model, output, profiles, profiles_file, batch, backend, precision, policy, divisor, spatial_outputs,
             mean, std, min_size, max_size, workspace, timing_cache, hardware_compatible, threads, calib_data,
-            calib_method, calib_samples, max_drop, quiet):
+            calib_method, calib_samples, max_drop, quiet, force):
     """Build MODEL.onnx into a bundle: one engine per resolution profile (checked against the model)."""
     from mrdeploy.exporter.build import build_bundle
 
@@ -46,7 +48,7 @@ def command(model, output, profiles, profiles_file, batch, backend, precision, p
         precision=precision, policy=policy, divisor=divisor, spatial_outputs=list(spatial_outputs) or None,
         mean=mean, std=std, min_size=min_size, max_size=max_size, threads=threads, workspace=workspace,
         timing_cache=timing_cache, hardware_compatible=hardware_compatible, calib_data=calib_data,
-        calib_method=calib_method, calib_samples=calib_samples, max_drop=max_drop, quiet=quiet,
+        calib_method=calib_method, calib_samples=calib_samples, max_drop=max_drop, quiet=quiet, force=force,
     )
     click.echo(result.table())
     for note in result.notes:

@@ -13,7 +13,7 @@ import click
 @click.option("--calib-data", "data", required=True,
               help="Calibration data: a folder of JPEG/PNG images (recursive), a .npy/.npz file, or module:callable.")
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
-              help="Output directory (replaced whole, only on success).")
+              help="Output directory (replaced whole, only on success, and only if mrdeploy wrote it).")
 @click.option("--calib-method", "method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
@@ -37,8 +37,10 @@ import click
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for evaluation and timing.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("--force", is_flag=True, help="Replace another mrdeploy output at -o (a bundle); an earlier "
+              "calibration output is always replaced, a directory mrdeploy did not write never.")
 def command(model, profiles, batch, data, output, method, percentile, samples, heldout, max_drop, metric, target,
-            size_mode, precision, threads, seed, as_json) -> None:
+            size_mode, precision, threads, seed, as_json, force) -> None:
     """Calibrate MODEL.onnx for INT8 per resolution profile, at each profile's own sizes."""
     import json
 
@@ -47,7 +49,7 @@ def command(model, profiles, batch, data, output, method, percentile, samples, h
     result = calibrate(
         model, list(profiles), data, output_dir=output, method=method, percentile=percentile, samples=samples,
         seed=seed, target=target, max_drop=max_drop, heldout=heldout, size_mode=size_mode, precision=precision,
-        metric=metric, batch=batch, threads=threads,
+        metric=metric, batch=batch, threads=threads, force=force,
     )
     if as_json:
         click.echo(json.dumps(result.report(), indent=1))
