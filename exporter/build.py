@@ -30,6 +30,7 @@ from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError
 from mrdeploy.exporter.onnx_model import SourceModel, read_model
 from mrdeploy.exporter.resolve import resolve_profiles
+from mrdeploy.runtime.manifest import default_policy  # noqa: F401  (one rule, read by the runtime too)
 from mrdeploy.runtime.profiles import Profile, ProfileSpec
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -123,17 +124,6 @@ def _check(kind: str, ok_rows: list, profile: Profile, table: str) -> None:
             f"profile {profile.name!r}: the {kind} model does not match the source ONNX model; no bundle written\n"
             + table
         )
-
-
-def default_policy(task: str) -> str:
-    """What the runtime does with a size no profile contains, when the user does not say.
-
-    Classification: ``resize`` — padding puts a border into the global pooling and the attention, and
-    moves the prediction (the demo's ViT on digits: 0.16 top-1 padded against 0.92 resized, outside
-    the profiles). Segmentation and dense outputs: ``pad`` — the padded border is cropped off the output
-    and the pixels inside are served at their own scale.
-    """
-    return "resize" if task == "classification" else "pad"
 
 
 def build_bundle(
