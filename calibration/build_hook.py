@@ -70,7 +70,7 @@ def quantize_for_build(
             f"precision {precision!r} needs INT8 calibration data: give --calib-data DIR|FILE.npz|module:callable "
             "(images at the sizes your inputs really have)"
         )
-    samples = calib_samples or DEFAULT_SAMPLES
+    samples = DEFAULT_SAMPLES if calib_samples is None else calib_samples  # 0 is refused, not replaced
     target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
     channels = next(iter(profile.inputs.values())).opt[1]
     with tempfile.TemporaryDirectory(prefix="mrdeploy-int8-", dir=run_tempdir()) as tmp:

@@ -179,7 +179,7 @@ def _json_format(path: Path) -> object:
 def looks_like_onnx(path: str | os.PathLike) -> bool:
     """True when the file parses as an ONNX ModelProto's top level: known field numbers with their wire
     types, an ir_version and a graph (protobuf walked field by field, without onnx)."""
-    fields = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 21: 2, 25: 2}
+    fields = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
     seen = set()
     try:
         with open(path, "rb") as f:

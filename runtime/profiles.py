@@ -327,7 +327,10 @@ def load_profiles_file(path: str) -> tuple[list[ProfileSpec], str | None]:
     import json
     from pathlib import Path
 
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"profiles file {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

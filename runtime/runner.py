@@ -98,6 +98,8 @@ class Runner:
         if max_loaded is not None and int(max_loaded) < 1:
             raise InputError(f"max_loaded must be at least 1, got {max_loaded}")
         self.max_loaded = int(max_loaded) if max_loaded is not None else None
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise InputError(f"threads must be a non-negative integer (0: the backend's default), got {threads!r}")
         self.providers = providers
         self.threads = threads
         self.model = manifest.model

@@ -13,26 +13,26 @@ import click
     help="Resolution profile (repeatable): 224, 256x192, 96-160@128, 192x256-384x512@288x384, "
     "name=SPEC, or input:SPEC,input:SPEC for several inputs.",
 )
-@click.option("--profiles", "profiles_file", type=click.Path(dir_okay=False), help="YAML/JSON file of profiles (e.g. from `mrdeploy profiles plan`).")
+@click.option("--profiles", "profiles_file", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON file of profiles (e.g. from `mrdeploy profiles plan`).")
 @click.option("--batch", help="Batch range MIN-MAX[@OPT], e.g. 1-8@1 (default 1).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "auto"]), default="fp32", show_default=True)
 @click.option("--policy", type=click.Choice(["pad", "resize", "error"]), default=None,
               help="What the runtime does with a size no profile contains [default: resize for "
                    "classification, pad for segmentation/dense].")
-@click.option("--divisor", type=int, help="Sizes must be multiples of this (models without mrdeploy metadata).")
+@click.option("--divisor", type=click.IntRange(min=1), help="Sizes must be multiples of this (models without mrdeploy metadata).")
 @click.option("--spatial-outputs", multiple=True, help="Outputs whose last two axes follow the input (NAME or NAME:STRIDE).")
 @click.option("--mean", help="Per-channel mean after scaling pixels to [0,1], e.g. 0.485,0.456,0.406.")
 @click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
 @click.option("--min-size", help="Smallest valid input size (N or HxW).")
 @click.option("--max-size", help="Largest valid input size (N or HxW).")
-@click.option("--workspace", type=int, help="TensorRT workspace limit in MiB (default 1024).")
+@click.option("--workspace", type=click.IntRange(min=1), help="TensorRT workspace limit in MiB (default 1024).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file: read if present, updated after the build.")
 @click.option("--hardware-compatible", is_flag=True, help="TensorRT engines that run on any Ampere or newer GPU.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads recorded in the bundle (0: ORT's default).")
+@click.option("--threads", type=click.IntRange(min=0), help="ONNX Runtime intra-op threads recorded in the bundle (0: ORT's default).")
 @click.option("--calib-data", type=click.Path(), help="Calibration images (int8/auto).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True, help="INT8 calibration method (int8/auto); minmax kept these examples closest to FP32.")
-@click.option("--calib-samples", type=int, help="Calibration images per profile (int8/auto).")
+@click.option("--calib-samples", type=click.IntRange(min=1), help="Calibration images per profile (int8/auto).")
 @click.option("--max-drop", type=float, help="Largest accuracy drop auto precision accepts (int8/auto).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--force", is_flag=True, help="Replace another mrdeploy output at -o (a calibration output); an "

@@ -17,9 +17,9 @@ import click
 @click.option("--calib-method", "method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
-@click.option("--calib-samples", "samples", type=int, default=64, show_default=True,
+@click.option("--calib-samples", "samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Calibration samples per profile (each resized to sizes inside the profile).")
-@click.option("--heldout", type=int, default=None,
+@click.option("--heldout", type=click.IntRange(min=0), default=None,
               help="Held-out samples (more items of --calib-data, never calibrated on) for the accuracy check "
                    "[default: up to 32].")
 @click.option("--max-drop", type=float, default=None,
@@ -34,7 +34,7 @@ import click
               show_default=True, help="Sizes each sample is resized to inside the profile.")
 @click.option("--precision", type=click.Choice(["int8", "auto"]), default="int8", show_default=True,
               help="auto: also time FP32 vs INT8 per profile and report the faster that meets the budget.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime threads for evaluation and timing.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads for evaluation and timing.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--force", is_flag=True, help="Replace another mrdeploy output at -o (a bundle); an earlier "

@@ -13,8 +13,8 @@ def command() -> None:
 @command.command("plan")
 @click.option("--sizes-from", "sizes_from", required=True, type=click.Path(exists=False),
               help="A folder of images (read recursively, headers only) or a text file of HxW [COUNT] lines.")
-@click.option("--max-profiles", type=int, default=3, show_default=True, help="Plan for K = 1..this many profiles.")
-@click.option("--divisor", type=int, help="Round sizes up to a multiple of this (default: the model's, else 1).")
+@click.option("--max-profiles", type=click.IntRange(min=1), default=3, show_default=True, help="Plan for K = 1..this many profiles.")
+@click.option("--divisor", type=click.IntRange(min=1), help="Round sizes up to a multiple of this (default: the model's, else 1).")
 @click.option("--min-size", help="Smallest valid size (N or HxW): smaller inputs are padded up to it.")
 @click.option("--max-size", help="Largest valid size (N or HxW): larger inputs are reported as skipped.")
 @click.option("--model", "model", type=click.Path(dir_okay=False), help="Take divisor and size range from this ONNX model's metadata.")
