@@ -52,8 +52,9 @@ def _all_finite(a: np.ndarray) -> bool:
     no temporary) is finite exactly when every element is, unless the sum of squares overflows, in
     which case the elementwise test decides."""
     v = a.reshape(-1)
-    if np.isfinite(np.dot(v, v)):
-        return True
+    with np.errstate(over="ignore", invalid="ignore"):  # huge finite values overflow the sum: not an error
+        if np.isfinite(np.dot(v, v)):
+            return True
     return bool(np.isfinite(v).all())
 
 

@@ -208,6 +208,10 @@ def check_manifest(d, where: str, supported_versions: tuple[int, ...], policies:
         raise BundleError(f"{where}: expected a non-empty list of profiles, got {_short(profiles)}")
     for p in profiles:
         check_profile(p, where)
+    names = [p["name"] for p in profiles]
+    for n in names:
+        if names.count(n) > 1:
+            raise BundleError(f"{where}: profile name {n!r} appears twice")
     seen: dict[tuple, str] = {}
     for p in profiles:
         key = (p["backend"], p["precision"], repr(sorted((k, v["min"], v["opt"], v["max"]) for k, v in p["inputs"].items())))
