@@ -143,6 +143,8 @@ def parse_spatial(text: str) -> SpatialSpec:
     lo = _hw(m.group(1), m.group(2))
     hi = _hw(m.group(3), m.group(4)) if m.group(3) else lo
     opt = _hw(m.group(5), m.group(6)) if m.group(5) else (None if m.group(3) else lo)
+    if min(*lo, *hi, *(opt or (1, 1))) < 1:
+        raise ProfileError(f"profile {text!r}: expected sides of at least 1 pixel, got a side of 0")
     return SpatialSpec(lo, hi, opt)
 
 
