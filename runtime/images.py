@@ -67,7 +67,7 @@ def open_image(path: str | os.PathLike) -> Iterator:
             f"{2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels: downscale the image, or raise "
             "PIL.Image.MAX_IMAGE_PIXELS in Python if you trust the file"
         ) from None
-    except (OSError, ValueError, SyntaxError) as e:  # unknown format, truncated header, ...
+    except Exception as e:  # Pillow raises many types for broken files: unknown format, truncated header, ...
         raise InputError(f"{path}: cannot read the image ({e}); expected a PNG or JPEG file "
                          f"(or another of {', '.join(IMAGE_SUFFIXES)})") from None
     try:
@@ -124,7 +124,7 @@ def decode(im, channels: int = 3, where: str = "image") -> np.ndarray:
                              f"{', '.join(_EIGHT_BIT + _SIXTEEN_BIT)}, I (16-bit PNG/PGM) or F")
     except InputError:
         raise
-    except (OSError, ValueError, SyntaxError) as e:  # truncated data, a broken EXIF block, ...
+    except Exception as e:  # Pillow raises many types for broken data: truncated, a broken EXIF block, ...
         raise InputError(f"{where}: cannot read the image ({e}); the file is truncated or corrupt") from None
     if a.ndim == 2:
         a = a[:, :, None]
