@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrdeploy._atomic import atomic_dir, atomic_file, write_text_atomic
+from mrdeploy._atomic import atomic_dir, atomic_file, check_output, run_tempdir, write_text_atomic
 from mrdeploy._progress import set_quiet
 from mrdeploy.calibration import graph
 from mrdeploy.calibration.budget import Budget, fit_budget
@@ -215,7 +215,7 @@ def calibrate_profile(
     if max_drop is not None and not 0 <= max_drop < 1:
         raise CalibrationError(f"--max-drop must be in [0, 1) (a fraction: 0.01 = 1 point), got {max_drop}")
     model_path = Path(model_path)
-    with tempfile.TemporaryDirectory(prefix="mrdeploy-calib-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-calib-", dir=run_tempdir()) as tmp:
         work = Path(tmp)
         src, info = _model_and_info(model_path, work)
         channels = info.inputs[0].channels if info.inputs else 3
@@ -408,9 +408,12 @@ def calibrate(
     metric: str | None = None,
     batch: str | None = None,
     threads: int | None = None,
+    force: bool = False,
 ) -> CalibrationResult:
     """Calibrate every profile; write ``<profile>.onnx`` (Q/DQ), ``<profile>.calib`` (+ ``.calib.json``)
-    and ``report.json`` into ``output_dir``, all or nothing."""
+    and ``report.json`` into ``output_dir``, all or nothing (replacing only an earlier calibration output,
+    or with ``force`` another mrdeploy output)."""
+    check_output(output_dir, "calibration", force)
     if quiet:
         set_quiet(True)
     model_path = Path(model_path)
@@ -424,7 +427,7 @@ def calibrate(
     cset = load_data(data, samples, seed, heldout, channels, need_heldout=max_drop is not None)
     source_fp = sha256_file(model_path)
     results = []
-    with atomic_dir(output_dir) as tmp:
+    with atomic_dir(output_dir, "calibration", force) as tmp:
         for p in resolved:
             results.append(calibrate_profile(
                 model_path, p, cset, qdq_path=tmp / f"{p.name}.onnx", cache_path=tmp / f"{p.name}.calib",

@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mrdeploy._atomic import run_tempdir
 from mrdeploy.calibration.api import DEFAULT_METHOD, ProfileCalibration, calibrate_profile, load_data
 from mrdeploy.calibration.cache import sha256_file
 from mrdeploy.errors import CalibrationError
@@ -48,9 +49,10 @@ def _identity(data):
         return None if data is None else ("object", id(data))
     path = Path(data)
     if path.is_dir():
-        from mrdeploy.calibration.sources import IMAGE_SUFFIXES, folder_fingerprint
+        from mrdeploy.calibration.sources import folder_fingerprint
+        from mrdeploy.runtime.images import image_files
 
-        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        files = image_files(path)
         return (os.fspath(path), folder_fingerprint(path, files))
     if path.is_file():
         st = path.stat()
@@ -82,7 +84,7 @@ def quantize_for_build(source_path: str | Path, model, profile: Profile, *, prec
         )
     target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
     channels = next(iter(profile.inputs.values())).opt[1]
-    with tempfile.TemporaryDirectory(prefix="mrdeploy-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-int8-", dir=run_tempdir()) as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         onnx.save(model, str(fp32_path))
         result: ProfileCalibration = calibrate_profile(

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mrdeploy.errors import CalibrationError
+from mrdeploy.runtime.images import to_unit
 from mrdeploy.runtime.modelinfo import InputInfo
 from mrdeploy.runtime.profiles import InputRange, Profile
 
@@ -45,18 +46,18 @@ def to_chw(a: np.ndarray, info: InputInfo, where: str = "sample") -> tuple[np.nd
     if a.ndim != 3:
         raise CalibrationError(f"{where}: expected an image (H, W, C) or (C, H, W), got shape {a.shape}")
     c = info.channels
-    if a.dtype == np.uint8:
+    if a.dtype in (np.uint8, np.uint16):  # images (uint16: 16-bit and float files, see runtime.images)
         if not (a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4)):
             a = a.transpose(2, 0, 1)  # HWC (Pillow's layout) unless it is clearly CHW
         if a.shape[0] == 4 and c == 3:
             a = a[:3]
         if a.shape[0] == 1 and c == 3:
             a = np.repeat(a, 3, axis=0)
-        out, raw = a.astype(np.float32) / 255.0, True
+        out, raw = to_unit(a, where), True
     elif np.issubdtype(a.dtype, np.floating):
         out, raw = a.astype(np.float32), False
     else:
-        raise CalibrationError(f"{where}: expected uint8 images or float32 preprocessed input, got dtype {a.dtype}")
+        raise CalibrationError(f"{where}: expected uint8/uint16 images or float32 preprocessed input, got dtype {a.dtype}")
     if out.shape[0] != c:
         raise CalibrationError(f"{where}: input {info.name!r} takes {c} channels, got an array of shape {a.shape}")
     if not np.isfinite(out).all():

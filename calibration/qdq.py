@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrdeploy._atomic import run_tempdir
 from mrdeploy.calibration.ranges import _quiet_ort, ort_method
 from mrdeploy.errors import CalibrationError
 
@@ -132,7 +133,7 @@ def write_qdq(
         # projections feeding a float attention core stay float, and so do a classifier's logits
         "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
     }
-    with tempfile.TemporaryDirectory(prefix="mrdeploy-qdq-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-qdq-", dir=run_tempdir()) as tmp:
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(tensors_data(ranges, method), cache)
         import onnx

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrdeploy._atomic import run_tempdir
 from mrdeploy._progress import Progress
 from mrdeploy.calibration.preprocess import chunks, group_by_shape
 from mrdeploy.errors import CalibrationError
@@ -107,7 +108,7 @@ def _seed_histograms(calibrator, absmax) -> None:
 def _collect(model_path, runs, method, op_types, extra, desc, absmax=None):
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    with tempfile.TemporaryDirectory(prefix="mrdeploy-calib-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-calib-", dir=run_tempdir()) as tmp:
         calibrator = create_calibrator(
             Path(model_path), list(op_types), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=ort_method(method), extra_options=extra,

@@ -3,7 +3,7 @@
 Every source yields *items*: one sample each, as a dict ``{input_name: array}`` (a bare array means the
 model's only input, or the same image for every input). Arrays are
 
-- ``uint8`` images, HWC (C in 1/3/4) or CHW: scaled to [0, 1] and normalized with the model's mean/std;
+- ``uint8`` (or ``uint16``: 16-bit files) images, HWC (C in 1/3/4) or CHW: scaled to [0, 1] and normalized with the model's mean/std;
 - floating arrays, CHW: taken as already preprocessed model input (normalized), only resized.
 
 Each source also has a ``fingerprint`` (sha256) so a calibration cache made from other data is never
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mrdeploy.errors import CalibrationError
+from mrdeploy.errors import CalibrationError, InputError
+from mrdeploy.runtime.images import IMAGE_SUFFIXES, image_files, read_image  # the one image path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 Item = dict[str | None, np.ndarray]  # None: the model's only input / every input
 
 
@@ -88,23 +88,14 @@ def _as_items(obj, where: str) -> list[Item]:
                            f"or a dict of them, got an array of shape {a.shape}")
 
 
-def _read_image(path: Path, channels: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        a = np.asarray(im, dtype=np.uint8)
-    return a[..., None] if a.ndim == 2 else a
-
-
 def load_folder(root: Path, n: int, seed: int, channels: int = 3) -> Samples:
     """Up to ``n`` images from ``root`` (recursive, JPEG/PNG), in a seeded order; unreadable ones skipped."""
     if not root.is_dir():
         raise CalibrationError(f"calibration data folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(root)
     if not files:
         raise CalibrationError(
-            f"calibration data folder {root} holds no images: expected JPEG or PNG files ({', '.join(IMAGE_SUFFIXES)}) "
+            f"calibration data folder {root} holds no images: expected JPEG or PNG files (or another of {', '.join(IMAGE_SUFFIXES)}) "
             "anywhere below it, found none"
         )
     fingerprint = folder_fingerprint(root, files)
@@ -115,9 +106,9 @@ def load_folder(root: Path, n: int, seed: int, channels: int = 3) -> Samples:
         if len(items) >= n:
             break
         try:
-            items.append({None: _read_image(files[i], channels)})
-        except Exception as e:  # Pillow raises many types for broken files
-            skipped.append(f"{files[i].relative_to(root)} ({type(e).__name__})")
+            items.append({None: read_image(files[i], channels)})
+        except InputError as e:  # read_image names the file and why it cannot be decoded faithfully
+            skipped.append(f"{files[i].relative_to(root)} ({str(e).split(': ', 1)[-1]})")
     return Samples(items, fingerprint, f"{root} ({len(files)} images)", skipped)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrdeploy._atomic import atomic_file, write_text_atomic
+from mrdeploy._atomic import atomic_file, check_output, write_text_atomic
 from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError
 from mrdeploy.exporter.loading import load_model
@@ -147,6 +147,7 @@ def export(
     rtol: float | None = None,
     report=None,
     seed: int = 0,
+    force: bool = False,
 ) -> ExportResult:
     """Export ``model`` (an nn.Module or ``"pkg.mod:factory"`` / ``"file.py:factory"``) to ``output``.
 
@@ -155,7 +156,8 @@ def export(
     ``dynamic=False``. ``divisor``/``min_size``/``max_size``/``mean``/``std`` may be given per input as
     dicts. With ``validate`` the file is checked against PyTorch over a resolution sweep; any failure
     raises (SweepError, an ExportError) and nothing is left at ``output``. ``report`` writes the result as
-    JSON (also when the sweep fails).
+    JSON (also when the sweep fails). An existing ``output`` is replaced only when it is an ONNX model
+    (or, with ``force``, another mrdeploy output file), never another file.
     """
     import onnx
 
@@ -163,6 +165,7 @@ def export(
     from mrdeploy.exporter.optimize import OptimizeResult, count_nodes
     from mrdeploy.exporter.optimize import optimize as run_optimize
 
+    check_output(output, "onnx", force, directory=False)  # before any work
     start = time.perf_counter()
     default = input_names[0] if input_names and len(input_names) == 1 else "input"
     example = normalize_example(example_shape, default)
@@ -215,7 +218,7 @@ def export(
         Path(output), raw.exporter, raw.fallback_reason, opt.tool, opt.nodes_before, opt.nodes_after, info,
         opset_used, notes=notes,
     )
-    with atomic_file(output) as tmp:
+    with atomic_file(output, "onnx", force) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
         try:
             onnx.checker.check_model(str(tmp))

@@ -25,11 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrdeploy._atomic import atomic_dir, atomic_file
+from mrdeploy._atomic import atomic_dir, atomic_file, check_output
 from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError
 from mrdeploy.exporter.onnx_model import SourceModel, read_model
 from mrdeploy.exporter.resolve import resolve_profiles
+from mrdeploy.runtime.manifest import default_policy  # noqa: F401  (one rule, read by the runtime too)
 from mrdeploy.runtime.profiles import Profile, ProfileSpec
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -107,17 +108,6 @@ def _check(kind: str, ok_rows: list, profile: Profile, table: str) -> None:
         )
 
 
-def default_policy(task: str) -> str:
-    """What the runtime does with a size no profile contains, when the user does not say.
-
-    Classification: ``resize`` — padding puts a border into the global pooling and the attention, and
-    moves the prediction (the demo's ViT on digits: 0.16 top-1 padded against 0.92 resized, outside
-    the profiles). Segmentation and dense outputs: ``pad`` — the padded border is cropped off the output
-    and the pixels inside are served at their own scale.
-    """
-    return "resize" if task == "classification" else "pad"
-
-
 def build_bundle(
     model_path: str | os.PathLike,
     output: str | os.PathLike,
@@ -144,6 +134,7 @@ def build_bundle(
     max_drop: float | None = None,
     heldout_data: str | os.PathLike | None = None,
     quiet: bool = False,
+    force: bool = False,
 ) -> BuildResult:
     """Build the bundle and return it with the per-profile report (see :func:`build_engine`)."""
     if backend not in BACKENDS:
@@ -152,6 +143,7 @@ def build_bundle(
         raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if policy is not None and policy not in POLICIES:
         raise ExportError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    check_output(output, "bundle", force)  # before any work: replace only what mrdeploy wrote
     calib_options = None
     if precision in ("int8", "auto"):
         from mrdeploy.calibration.build_hook import DEFAULT_SAMPLES, CalibOptions
@@ -192,7 +184,7 @@ def build_bundle(
     src_session = cpu_session(source.proto, check_threads)
     entries = []
     show = None if not quiet else False
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, "bundle", force) as tmp:
         (tmp / "profiles").mkdir()
         if source.external_data:  # one self-contained file in the bundle (ONNX protobufs stop at 2 GB)
             try:
@@ -336,7 +328,8 @@ def build_engine(
     ``threads`` (ONNX Runtime intra-op threads recorded in the bundle), tensorrt's ``workspace`` (MiB),
     ``timing_cache`` (file read before and updated after the build) and ``hardware_compatible``, and the
     calibration options (``calib_data``, ``calib_method``, ``calib_samples``, ``max_drop``, ``heldout_data``:
-    separate held-out data for the budget), ``quiet``:
+    separate held-out data for the budget), ``quiet``,
+    ``force`` (replace an existing mrdeploy output of another kind at ``output``; never anything else):
     the keywords of :func:`build_bundle`, which also returns the per-profile report.
     """
     return build_bundle(model_path, output, profiles, **options).path

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from mrdeploy._atomic import run_tempdir
 from mrdeploy.errors import ExportError
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -105,7 +106,7 @@ def _export_dynamo(model, args, input_names, output_names, dynamic, opset):
         verbose=False,
         **kwargs,
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-export-", dir=run_tempdir()) as tmp:
         path = Path(tmp) / "model.onnx"
         program.save(str(path), external_data=False)
         return onnx.load(str(path))

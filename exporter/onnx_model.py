@@ -253,6 +253,11 @@ def read_model(
         if divisor is not None:
             if int(divisor) < 1:
                 raise ExportError(f"--divisor: expected a positive integer, got {divisor}")
+            if from_metadata and int(divisor) % max(1, inp.divisor or 1):
+                raise ExportError(
+                    f"--divisor {divisor} conflicts with {path}'s metadata: input {inp.name!r} takes only "
+                    f"multiples of {inp.divisor}; expected a multiple of {inp.divisor} (or leave --divisor out)"
+                )
             changes["divisor"] = int(divisor)
         if mean is not None:
             changes["mean"] = _norm(mean, "mean", inp.channels)

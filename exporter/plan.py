@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from mrdeploy.errors import InputError, ProfileError
+from mrdeploy.runtime.images import IMAGE_SUFFIXES, image_files, image_size  # the one image path
 
 HW = tuple[int, int]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -65,7 +65,7 @@ def sizes_from(path: str | os.PathLike) -> list[HW]:
 
 
 def _sizes_from_dir(root: Path) -> list[HW]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(root)
     if not files:
         raise InputError(
             f"--sizes-from {root}: expected image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder, found none"
@@ -74,19 +74,12 @@ def _sizes_from_dir(root: Path) -> list[HW]:
 
 
 def _sizes_from_images(files: Sequence[Path], where: Path) -> list[HW]:
-    from PIL import Image, UnidentifiedImageError
-
     sizes, bad = [], []
     for f in files:
         try:
-            with Image.open(f) as im:  # reads the header only
-                w, h = im.size
-                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation: rotated 90/270, as the runtime serves it
-                    w, h = h, w
-        except (UnidentifiedImageError, OSError, ValueError):
+            sizes.append(image_size(f))  # header only, EXIF orientation applied as the runtime serves it
+        except InputError:
             bad.append(f)
-            continue
-        sizes.append((int(h), int(w)))
     if not sizes:
         raise InputError(f"--sizes-from {where}: none of the {len(files)} image files could be read (first: {bad[0]})")
     return sizes

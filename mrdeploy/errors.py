@@ -29,5 +29,9 @@ class CalibrationError(MrdeployError):
     """INT8 calibration could not produce a model within the accuracy budget, or its data is unusable."""
 
 
+class OutputError(MrdeployError):
+    """An output path that holds something mrdeploy may not replace (it replaces only what it wrote)."""
+
+
 class BackendUnavailable(MrdeployError):
     """A backend (TensorRT, a CUDA GPU, an execution provider) is not installed or present here."""

@@ -23,7 +23,6 @@ from mrdeploy.runtime.modelinfo import ModelInfo
 
 HW = tuple[int, int]
 SizePoint = dict[str, HW]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def parse_hw(text: str) -> HW:
@@ -146,21 +145,20 @@ class EvalData:
         self._load_dir(path)
 
     def _load_dir(self, path: Path) -> None:
-        from PIL import Image
+        from mrdeploy.runtime.images import IMAGE_SUFFIXES, image_files, read_image, to_unit
 
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = image_files(path)
         if not files:
             raise InputError(f"data {path}: expected image files ({', '.join(sorted(IMAGE_SUFFIXES))}), found none")
         images, labels, bad = [], [], 0
         names = list(self.model.labels or [])
-        mode = "L" if self.model.inputs[0].channels == 1 else "RGB"
+        channels = self.model.inputs[0].channels
         for f in files:
             if len(images) >= self.samples:
                 break
-            try:
-                with Image.open(f) as im:
-                    images.append(im.convert(mode))
-            except Exception:  # Pillow raises several types for unreadable files
+            try:  # the runtime's decoding (type range, EXIF orientation) -> 1xCxHxW in [0, 1]
+                images.append(to_unit(read_image(f, channels)).transpose(2, 0, 1)[None])
+            except InputError:
                 bad += 1
                 continue
             parent = f.parent.name
@@ -195,13 +193,9 @@ class EvalData:
         if self.kind == "shapes":
             x, y = self._data.shapes_batch(self.samples, (h, w), seed=self._data.HELDOUT_SHAPES_SEED, mean=mean, std=std)
             return {name: x}, y
-        from PIL import Image
+        from mrdeploy.runtime.resize import resize_bilinear
 
-        arrays = []
-        for im in self._images:
-            a = np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
-            arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-        x = np.stack(arrays)
+        x = np.concatenate([resize_bilinear(im, (h, w)) for im in self._images])
         if mean is not None:
             x = x - np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
         if std is not None:

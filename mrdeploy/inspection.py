@@ -49,9 +49,13 @@ def inspect_onnx(path: Path) -> dict:
         import onnx
     except ImportError:
         raise BundleError(f"{path}: inspecting an ONNX model needs onnx (pip install onnx)") from None
+    from mrdeploy._atomic import looks_like_onnx
     from mrdeploy.runtime.manifest import sha256_file
     from mrdeploy.runtime.modelinfo import ModelInfo
 
+    if not looks_like_onnx(path):  # onnx.load reads a 0-byte file as an empty model
+        raise BundleError(f"{path}: not a readable ONNX model (expected a ModelProto with an ir_version and a "
+                          f"graph, got a {path.stat().st_size}-byte file that is not one)")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others for a corrupt file

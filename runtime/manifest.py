@@ -28,12 +28,13 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from mrdeploy._atomic import write_text_atomic
 from mrdeploy.errors import BundleError
 from mrdeploy.runtime.modelinfo import ModelInfo
 from mrdeploy.runtime.profiles import Profile
+from mrdeploy.runtime.validate import bundle_file, check_manifest, check_relpath
 
 FORMAT = "mrdeploy-bundle"
 FORMAT_VERSION = 1
@@ -42,6 +43,17 @@ MANIFEST_NAME = "manifest.json"
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 POLICIES = ("pad", "resize", "error")
+
+
+def default_policy(task: str) -> str:
+    """What the runtime does with a size no profile contains, when neither the user nor the manifest says.
+
+    Classification: ``resize`` — padding puts a border into the global pooling and the attention, and
+    moves the prediction (the demo's ViT on digits: 0.16 top-1 padded against 0.92 resized, outside
+    the profiles). Segmentation and dense outputs: ``pad`` — the padded border is cropped off the output
+    and the pixels inside are served at their own scale.
+    """
+    return "resize" if task == "classification" else "pad"
 
 
 @dataclass
@@ -95,7 +107,7 @@ class ProfileEntry:
             raise BundleError(
                 f"{at}: unknown precision {d['precision']!r}, expected one of {', '.join(PRECISIONS)}"
             )
-        _check_relative(d["artifact"], f"{at}: artifact")
+        check_relpath(d["artifact"], f"{at}: artifact")
         return cls(
             profile=profile,
             backend=d["backend"],
@@ -148,29 +160,15 @@ class Manifest:
         if not isinstance(d, Mapping):
             raise BundleError(f"{where}: expected a JSON object, got {type(d).__name__}")
         if d.get("format") != FORMAT:
-            raise BundleError(f"{where}: unknown format: expected {FORMAT!r}, got {d.get('format')!r}")
-        version = d.get("format_version")
-        if version not in SUPPORTED_VERSIONS:
-            raise BundleError(
-                f"{where}: unknown format_version: expected {' or '.join(map(str, SUPPORTED_VERSIONS))}, "
-                f"got {version!r} (written by another mrdeploy version; rebuild the bundle with this one)"
-            )
-        missing = [k for k in ("model", "source", "profiles") if k not in d]
-        if missing:
-            raise BundleError(f"{where}: missing {', '.join(missing)}")
+            raise BundleError(f"{where}: unknown format: expected {FORMAT!r}, got {str(d.get('format'))[:60]!r}")
+        check_manifest(d, where, SUPPORTED_VERSIONS, POLICIES)  # every field's type, before parsing
+        version = d["format_version"]
         try:
             model = ModelInfo.from_dict(d["model"])
-        except (TypeError, ValueError, AttributeError) as e:
+        except (TypeError, ValueError, AttributeError, KeyError) as e:
             raise BundleError(f"{where}: model info does not parse: {e}") from None
-        policy = d.get("policy", "pad")
-        if policy not in POLICIES:
-            raise BundleError(f"{where}: unknown policy {policy!r}, expected one of {', '.join(POLICIES)}")
+        policy = d.get("policy") or default_policy(model.task)
         source = d["source"]
-        if not isinstance(source, Mapping) or "artifact" not in source or "sha256" not in source:
-            raise BundleError(f"{where}: source must be {{artifact, sha256}}, got {source!r}")
-        _check_relative(source["artifact"], f"{where}: source artifact")
-        if not isinstance(d["profiles"], list) or not d["profiles"]:
-            raise BundleError(f"{where}: expected a non-empty list of profiles, got {d['profiles']!r}")
         entries = [ProfileEntry.from_dict(p, where) for p in d["profiles"]]
         seen: set[str] = set()
         for e in entries:
@@ -197,14 +195,15 @@ class Manifest:
     def read(cls, bundle_dir: str | os.PathLike) -> Manifest:
         """Read ``bundle_dir/manifest.json`` (a path to manifest.json itself works too)."""
         path = manifest_path(bundle_dir)
+        path = bundle_file(path.parent, MANIFEST_NAME, "manifest")  # a link out of the bundle is refused
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except OSError as e:
             raise BundleError(f"{path}: cannot read the manifest ({e.strerror})") from None
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BundleError(f"{path}: not valid JSON ({e}); the file is corrupt or truncated") from None
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise BundleError(f"{path}: not valid JSON ({str(e)[:120]}); the file is corrupt or truncated") from None
         return cls.from_dict(data, where=str(path))
 
     def write(self, bundle_dir: str | os.PathLike) -> Path:
@@ -228,14 +227,6 @@ def manifest_path(bundle_dir: str | os.PathLike) -> Path:
     return m
 
 
-def _check_relative(artifact: object, what: str) -> None:
-    if not isinstance(artifact, str) or not artifact:
-        raise BundleError(f"{what}: expected a relative path, got {artifact!r}")
-    pp = PurePosixPath(artifact)
-    if pp.is_absolute() or ".." in pp.parts or "\\" in artifact:
-        raise BundleError(f"{what}: expected a path inside the bundle, got {artifact!r}")
-
-
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -246,14 +237,13 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def verify_artifact(bundle_dir: str | os.PathLike, artifact: str, sha256: str, what: str) -> Path:
-    """Check one artifact exists and has the recorded sha256; returns its path."""
-    path = Path(bundle_dir) / artifact
-    if not path.is_file():
-        raise BundleError(f"{what}: artifact {path} is missing (expected sha256 {sha256[:12]}...)")
+    """Check one artifact is a regular file inside the bundle (links resolved) with the recorded sha256;
+    returns its resolved path. Nothing outside the bundle is opened."""
+    path = bundle_file(bundle_dir, artifact, what)
     got = sha256_file(path)
     if got != sha256:
         raise BundleError(
-            f"{what}: artifact {path} has changed: expected sha256 {sha256}, got {got} "
+            f"{what}: artifact {Path(bundle_dir) / artifact} has changed: expected sha256 {sha256}, got {got} "
             "(the file was modified or truncated after the build)"
         )
     return path
@@ -275,8 +265,11 @@ def verify_artifacts(
             continue
         verify_artifact(bundle_dir, e.artifact, e.sha256, f"profile {e.name!r}")
         cal = e.calibration or {}
-        if cal.get("cache") and cal.get("cache_sha256"):
+        if cal.get("cache") is not None:  # the validator made sure cache_sha256 is there
             verify_artifact(bundle_dir, cal["cache"], cal["cache_sha256"], f"profile {e.name!r} calibration cache")
+    tc = manifest.build.get("timing_cache")
+    if source and tc:
+        verify_artifact(bundle_dir, tc["artifact"], tc["sha256"], "TensorRT timing cache")
 
 
 # --- TensorRT plan compatibility -------------------------------------------------------------------

@@ -143,6 +143,8 @@ def parse_spatial(text: str) -> SpatialSpec:
     lo = _hw(m.group(1), m.group(2))
     hi = _hw(m.group(3), m.group(4)) if m.group(3) else lo
     opt = _hw(m.group(5), m.group(6)) if m.group(5) else (None if m.group(3) else lo)
+    if min(*lo, *hi, *(opt or (1, 1))) < 1:
+        raise ProfileError(f"profile {text!r}: expected sides of at least 1 pixel, got a side of 0")
     return SpatialSpec(lo, hi, opt)
 
 
@@ -327,7 +329,10 @@ def load_profiles_file(path: str) -> tuple[list[ProfileSpec], str | None]:
     import json
     from pathlib import Path
 
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"profiles file {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

@@ -4,9 +4,11 @@
   recently used idle one (an engine in use by another thread is never closed under it).
 - Thread-safe: ``run`` may be called from several threads at once. Engine loads happen outside the
   runner's lock, so threads using already-loaded engines are not held up by a load.
-- Artifacts are verified (existence + sha256) once, when the bundle is loaded, for the profiles this
-  runner serves; the source ``model.onnx`` is not read by the runtime, so it is not hashed here (a
-  deployment may leave it out). TensorRT plans are also checked against the TensorRT version and GPU
+- Artifacts are verified (inside the bundle, a regular file, sha256) when the bundle is loaded, for the
+  profiles this runner serves, and each again right before its engine loads (a file replaced after
+  ``load()`` is refused, not served); the source ``model.onnx`` is not read by the runtime, so it is not
+  hashed here (a deployment may leave it out).
+- Outputs must be finite: NaN/Inf out of a finite input is an InputError naming the profile. TensorRT plans are also checked against the TensorRT version and GPU
   right before they are deserialized.
 
 Inputs are normalized NCHW float32 arrays (``mrdeploy.runtime.images`` turns image files into them).
@@ -29,13 +31,20 @@ import numpy as np
 from mrdeploy.errors import BundleError, InputError, MrdeployError
 from mrdeploy.runtime.backends.base import Engine, get_engine_class
 from mrdeploy.runtime.dispatch import POLICIES, Decision, decide
-from mrdeploy.runtime.manifest import Manifest, ProfileEntry, verify_artifacts
+from mrdeploy.runtime.manifest import Manifest, ProfileEntry, verify_artifact, verify_artifacts
 from mrdeploy.runtime.modelinfo import OutputInfo
 from mrdeploy.runtime.profiles import Profile
 from mrdeploy.runtime.resize import resize_bilinear
+from mrdeploy.runtime.validate import bundle_file
 
 _CAST_OK = (np.dtype(np.float16), np.dtype(np.float64))
 _DECISION_CACHE_SIZE = 256
+
+
+def _as_int(d) -> int:
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+        raise TypeError(d)
+    return int(d)
 
 
 def _all_finite(a: np.ndarray) -> bool:
@@ -43,8 +52,9 @@ def _all_finite(a: np.ndarray) -> bool:
     no temporary) is finite exactly when every element is, unless the sum of squares overflows, in
     which case the elementwise test decides."""
     v = a.reshape(-1)
-    if np.isfinite(np.dot(v, v)):
-        return True
+    with np.errstate(over="ignore", invalid="ignore"):  # huge finite values overflow the sum: not an error
+        if np.isfinite(np.dot(v, v)):
+            return True
     return bool(np.isfinite(v).all())
 
 
@@ -89,6 +99,8 @@ class Runner:
         if max_loaded is not None and int(max_loaded) < 1:
             raise InputError(f"max_loaded must be at least 1, got {max_loaded}")
         self.max_loaded = int(max_loaded) if max_loaded is not None else None
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise InputError(f"threads must be a non-negative integer (0: the backend's default), got {threads!r}")
         self.providers = providers
         self.threads = threads
         self.model = manifest.model
@@ -106,6 +118,7 @@ class Runner:
             self._channels[info.name] = info.channels
             self._divisors[info.name] = max(1, int(info.divisor or 1))
         self._outputs: dict[str, OutputInfo] = {o.name: o for o in self.model.outputs}
+        self.verify = verify
         if verify:
             verify_artifacts(self.bundle_dir, manifest, profiles=self._by_name, source=False)
 
@@ -142,12 +155,17 @@ class Runner:
         if len(args) == 1 and isinstance(args[0], Mapping):
             shapes = {}
             for name, s in args[0].items():
-                s = tuple(int(d) for d in s)
+                try:
+                    s = tuple(_as_int(d) for d in s)
+                except TypeError:
+                    raise InputError(f"select: input {name!r}: expected a shape of integers, got {s!r}") from None
                 if len(s) == 3 and name in self._channels:
                     s = (s[0], self._channels[name], s[1], s[2])
                 shapes[name] = s
         elif len(args) == 3:
             name = self._single_input("select(batch, h, w)")
+            if not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in args):
+                raise InputError(f"select(batch, h, w): expected three integers, got {args!r}")
             shapes = {name: (int(args[0]), self._channels[name], int(args[1]), int(args[2]))}
         else:
             raise InputError(f"select takes (batch, h, w) or a dict of shapes, got {len(args)} arguments")
@@ -196,6 +214,7 @@ class Runner:
             outs = engine.run(feeds)
         finally:
             self._release(decision.profile.name)
+        self._check_outputs(outs, decision.profile.name, arrays)
         outs = self._restore(outs, decision)
         self._local.decision = decision
         latency = (time.perf_counter() - start) * 1e3 - load_ms
@@ -216,12 +235,14 @@ class Runner:
             raise InputError(f"profile {profile.describe()} does not contain the input ({got})")
         engine, _ = self._acquire(name)
         try:
-            return engine.run({
+            outs = engine.run({
                 n: (a if a.dtype == engine.input_dtypes.get(n, a.dtype) else a.astype(engine.input_dtypes[n]))
                 for n, a in arrays.items()
             })
         finally:
             self._release(name)
+        self._check_outputs(outs, name, arrays)
+        return outs
 
     def warmup(self) -> dict[str, float]:
         """Run every profile once at its opt shape (zeros); returns the milliseconds per profile
@@ -262,8 +283,13 @@ class Runner:
     def _create(self, name: str) -> Engine:
         entry = self._by_name[name]
         cls = get_engine_class(entry.backend)
+        what = f"profile {name!r}"
+        if self.verify:  # hashed again as the engine loads: a file replaced after load() is not served
+            path = verify_artifact(self.bundle_dir, entry.artifact, entry.sha256, what)
+        else:
+            path = bundle_file(self.bundle_dir, entry.artifact, what)
         return cls(
-            self.bundle_dir / entry.artifact, entry, providers=self.providers, threads=self.threads,
+            path, entry, providers=self.providers, threads=self.threads,
             build=self.manifest.build,
         )
 
@@ -378,6 +404,20 @@ class Runner:
             arrays[name] = a
         return arrays
 
+    def _check_outputs(self, outs: Mapping[str, np.ndarray], profile: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """NaN/Inf out of a finite input: the model overflowed (float16, or inputs far outside its range)."""
+        for oname, y in outs.items():
+            y = np.asarray(y)
+            if y.dtype.kind == "f" and y.size and not _all_finite(y):
+                bad = int(y.size - np.count_nonzero(np.isfinite(y)))
+                biggest = max(float(np.max(np.abs(a))) for a in arrays.values() if a.size)
+                e = self._by_name[profile]
+                raise InputError(
+                    f"profile {profile!r} ({e.backend}, {e.precision}) gave {bad} NaN/Inf of {y.size} values in "
+                    f"output {oname!r} for a finite input (largest |value| {biggest:.3g}): expected finite outputs; "
+                    "the input is far outside the range the model was built for"
+                )
+
     def _fit(self, arrays: dict[str, np.ndarray], d: Decision) -> dict[str, np.ndarray]:
         if d.action == "exact":
             return arrays
@@ -445,6 +485,10 @@ def load(
     threads:    intra-op threads per engine (default: what the bundle recorded, else the backend's).
     verify:     check every served artifact's sha256 now (on by default).
     """
+    if not isinstance(path, (str, Path)) and not hasattr(path, "__fspath__"):
+        raise BundleError(f"load: expected a bundle directory path, got {path!r}")
+    if not str(path):
+        raise BundleError("load: expected a bundle directory path, got ''")
     manifest = Manifest.read(path)
     p = Path(path)
     bundle_dir = p.parent if p.is_file() else p

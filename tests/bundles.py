@@ -147,7 +147,7 @@ def make_bundle(
     channels = {i.name: i.channels for i in info.inputs}
     divisors = {i.name: i.divisor for i in info.inputs}
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "bundle") as tmp:
         src = tmp / "model.onnx"
         if model is None:
             make_model(src, kind, seed=seed, divisor=divisor)

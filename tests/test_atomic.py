@@ -22,14 +22,16 @@ def test_atomic_file_replaces_on_success_and_leaves_nothing_on_failure(tmp_path)
 
 def test_atomic_dir_replaces_whole(tmp_path):
     out = tmp_path / "bundle"
-    with atomic_dir(out) as tmp:
+    manifest = '{"format": "mrdeploy-bundle"}'
+    with atomic_dir(out, "bundle") as tmp:
         (tmp / "x").write_text("1")
+        (tmp / "manifest.json").write_text(manifest)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~_umask()
-    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+    with pytest.raises(RuntimeError), atomic_dir(out, "bundle") as tmp:
         (tmp / "y").write_text("2")
         raise RuntimeError("crash")
-    assert sorted(p.name for p in out.iterdir()) == ["x"]
-    with atomic_dir(out) as tmp:
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "x"]
+    with atomic_dir(out, "bundle") as tmp:
         (tmp / "z").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["z"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

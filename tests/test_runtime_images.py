@@ -55,7 +55,8 @@ def test_16bit_png_and_exif_orientation(tmp_path):
     a16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
     Image.fromarray(a16).save(tmp_path / "d.png")
     got = read_image(tmp_path / "d.png", channels=1)[..., 0]
-    np.testing.assert_array_equal(got, (a16 / 257.0).astype(np.uint8))  # 16 bits scaled, not clipped at 255
+    assert got.dtype == np.uint16  # 16 bits kept: scaled by the type's range (65535) in preprocess
+    np.testing.assert_array_equal(got, a16)
     img = Image.fromarray(_rgb(4, 6))
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display

@@ -13,6 +13,7 @@ import traceback
 import click
 
 from mrdeploy import __version__
+from mrdeploy._atomic import install_signal_cleanup, remove_stale
 from mrdeploy._progress import set_quiet
 from mrdeploy.errors import MrdeployError
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     if "--quiet" in args:
         set_quiet(True)
     args = [a for a in args if a not in ("--verbose", "--quiet")]
+    install_signal_cleanup()  # SIGTERM/SIGHUP: temporaries removed, like on Ctrl-C
+    remove_stale()  # run directories of killed mrdeploy processes
     try:
         cli.main(args=args, prog_name="mrdeploy", standalone_mode=False)
     except MrdeployError as e:

@@ -13,32 +13,34 @@ import click
     help="Resolution profile (repeatable): 224, 256x192, 96-160@128, 192x256-384x512@288x384, "
     "name=SPEC, or input:SPEC,input:SPEC for several inputs.",
 )
-@click.option("--profiles", "profiles_file", type=click.Path(dir_okay=False), help="YAML/JSON file of profiles (e.g. from `mrdeploy profiles plan`).")
+@click.option("--profiles", "profiles_file", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON file of profiles (e.g. from `mrdeploy profiles plan`).")
 @click.option("--batch", help="Batch range MIN-MAX[@OPT], e.g. 1-8@1 (default 1).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "auto"]), default="fp32", show_default=True)
 @click.option("--policy", type=click.Choice(["pad", "resize", "error"]), default=None,
               help="What the runtime does with a size no profile contains [default: resize for "
                    "classification, pad for segmentation/dense].")
-@click.option("--divisor", type=int, help="Sizes must be multiples of this (models without mrdeploy metadata).")
+@click.option("--divisor", type=click.IntRange(min=1), help="Sizes must be multiples of this (models without mrdeploy metadata).")
 @click.option("--spatial-outputs", multiple=True, help="Outputs whose last two axes follow the input (NAME or NAME:STRIDE).")
 @click.option("--mean", help="Per-channel mean after scaling pixels to [0,1], e.g. 0.485,0.456,0.406.")
 @click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
 @click.option("--min-size", help="Smallest valid input size (N or HxW).")
 @click.option("--max-size", help="Largest valid input size (N or HxW).")
-@click.option("--workspace", type=int, help="TensorRT workspace limit in MiB (default 1024).")
+@click.option("--workspace", type=click.IntRange(min=1), help="TensorRT workspace limit in MiB (default 1024).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file: read if present, updated after the build.")
 @click.option("--hardware-compatible", is_flag=True, help="TensorRT engines that run on any Ampere or newer GPU.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads recorded in the bundle (0: ORT's default).")
+@click.option("--threads", type=click.IntRange(min=0), help="ONNX Runtime intra-op threads recorded in the bundle (0: ORT's default).")
 @click.option("--calib-data", type=click.Path(), help="Calibration images (int8/auto).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None, help="INT8 calibration method (int8/auto) [default: minmax, which kept the examples closest to FP32].")
-@click.option("--calib-samples", type=int, help="Calibration images per profile (int8/auto) [default: 64, or all when fewer].")
+@click.option("--calib-samples", type=click.IntRange(min=1), help="Calibration images per profile (int8/auto) [default: 64, or all when fewer].")
 @click.option("--heldout-data", type=click.Path(), help="Held-out images for the accuracy budget, never calibrated on [default: a part of --calib-data].")
 @click.option("--max-drop", type=float, help="Accuracy budget per profile, a fraction in [0, 1): 0.03 = 3 points of top-1 agreement with FP32 (int8/auto).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Replace another mrdeploy output at -o (a calibration output); an "
+              "existing bundle is always replaced, a directory mrdeploy did not write never.")
 def command(model, output, profiles, profiles_file, batch, backend, precision, policy, divisor, spatial_outputs,
             mean, std, min_size, max_size, workspace, timing_cache, hardware_compatible, threads, calib_data,
-            calib_method, calib_samples, heldout_data, max_drop, quiet):
+            calib_method, calib_samples, heldout_data, max_drop, quiet, force):
     """Build MODEL.onnx into a bundle: one engine per resolution profile (checked against the model)."""
     from mrdeploy.exporter.build import build_bundle
 
@@ -48,6 +50,7 @@ def command(model, output, profiles, profiles_file, batch, backend, precision, p
         mean=mean, std=std, min_size=min_size, max_size=max_size, threads=threads, workspace=workspace,
         timing_cache=timing_cache, hardware_compatible=hardware_compatible, calib_data=calib_data,
         calib_method=calib_method, calib_samples=calib_samples, heldout_data=heldout_data, max_drop=max_drop, quiet=quiet,
+        force=force,
     )
     click.echo(result.table())
     for note in result.notes:

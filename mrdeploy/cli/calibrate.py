@@ -13,13 +13,13 @@ import click
 @click.option("--calib-data", "data", required=True,
               help="Calibration data: a folder of JPEG/PNG images (recursive), a .npy/.npz file, or module:callable.")
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
-              help="Output directory (replaced whole, only on success).")
+              help="Output directory (replaced whole, only on success, and only if mrdeploy wrote it).")
 @click.option("--calib-method", "method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
-@click.option("--calib-samples", "samples", type=int, default=64, show_default=True,
+@click.option("--calib-samples", "samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Calibration samples per profile (each resized to sizes inside the profile).")
-@click.option("--heldout", type=int, default=None,
+@click.option("--heldout", type=click.IntRange(min=0), default=None,
               help="Held-out samples (more items of --calib-data, never calibrated on) for the accuracy check "
                    "[default: up to 32].")
 @click.option("--heldout-data", type=click.Path(), default=None,
@@ -36,11 +36,13 @@ import click
               show_default=True, help="Sizes each sample is resized to inside the profile.")
 @click.option("--precision", type=click.Choice(["int8", "auto"]), default="int8", show_default=True,
               help="auto: also time FP32 vs INT8 per profile and report the faster that meets the budget.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime threads for evaluation and timing.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads for evaluation and timing.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("--force", is_flag=True, help="Replace another mrdeploy output at -o (a bundle); an earlier "
+              "calibration output is always replaced, a directory mrdeploy did not write never.")
 def command(model, profiles, batch, data, output, method, percentile, samples, heldout, heldout_data, max_drop, metric, target,
-            size_mode, precision, threads, seed, as_json) -> None:
+            size_mode, precision, threads, seed, as_json, force) -> None:
     """Calibrate MODEL.onnx for INT8 per resolution profile, at each profile's own sizes."""
     import json
 
@@ -53,7 +55,7 @@ def command(model, profiles, batch, data, output, method, percentile, samples, h
     result = calibrate(
         model, list(profiles), data, output_dir=output, method=method, percentile=percentile, samples=samples,
         seed=seed, target=target, max_drop=max_drop, heldout=heldout, size_mode=size_mode, precision=precision,
-        metric=metric, batch=batch, threads=threads,
+        metric=metric, batch=batch, threads=threads, force=force,
     )
     if as_json:
         click.echo(json.dumps(result.report(), indent=1))

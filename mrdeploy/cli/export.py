@@ -119,9 +119,10 @@ def _spatial(items):
 @click.option("--atol", type=float, help="Absolute tolerance (default 1e-4).")
 @click.option("--rtol", type=float, help="Tolerance relative to the output's scale, max |output| (default 1e-4).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the result and sweep as JSON.")
+@click.option("--force", is_flag=True, help="Replace another mrdeploy output file at -o (never a file mrdeploy did not write).")
 def command(model, output, model_args, checkpoint, input_shapes, static, min_size, max_size, divisor, mean, std,
             labels, task, name, output_names, spatial_outputs, opset, exporter, no_optimize, no_validate,
-            validate_sizes, atol, rtol, report):
+            validate_sizes, atol, rtol, report, force):
     """Export MODEL (package.module:factory or path/to/file.py:factory) to ONNX with dynamic batch/H/W.
 
     The file is checked against PyTorch at the export size, 0.5x/0.75x/1.5x/2x of it, a non-square size
@@ -153,6 +154,7 @@ def command(model, output, model_args, checkpoint, input_shapes, static, min_siz
         atol=atol,
         rtol=rtol,
         report=report,
+        force=force,
     )
     try:
         result = export(model, shapes, output, **kwargs)

@@ -35,8 +35,8 @@ def parse_model_args(items: tuple[str, ...]) -> dict:
               "datasets, or (default) seeded noise.")
 @click.option("--sizes", metavar="LIST", help="Sizes to check, e.g. 96,128,200x160 (default: every profile's "
               "min/opt/max, between and outside the profiles).")
-@click.option("--samples", default=32, show_default=True, help="Inputs per size.")
-@click.option("--threads", type=int, help="Threads for every model (default: the libraries' default).")
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per size.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for every model (default: the libraries' default).")
 @click.option("--policy", type=click.Choice(["pad", "resize", "error"]), help="Override the bundle's policy.")
 @click.option("--min-cosine", type=float, help="Fail when a cosine (vs the reference) is below this.")
 @click.option("--max-abs-error", type=float, help="Fail when a max abs error is above this.")

@@ -13,8 +13,8 @@ def command() -> None:
 @command.command("plan")
 @click.option("--sizes-from", "sizes_from", required=True, type=click.Path(exists=False),
               help="A folder of images (read recursively, headers only) or a text file of HxW [COUNT] lines.")
-@click.option("--max-profiles", type=int, default=3, show_default=True, help="Plan for K = 1..this many profiles.")
-@click.option("--divisor", type=int, help="Round sizes up to a multiple of this (default: the model's, else 1).")
+@click.option("--max-profiles", type=click.IntRange(min=1), default=3, show_default=True, help="Plan for K = 1..this many profiles.")
+@click.option("--divisor", type=click.IntRange(min=1), help="Round sizes up to a multiple of this (default: the model's, else 1).")
 @click.option("--min-size", help="Smallest valid size (N or HxW): smaller inputs are padded up to it.")
 @click.option("--max-size", help="Largest valid size (N or HxW): larger inputs are reported as skipped.")
 @click.option("--model", "model", type=click.Path(dir_okay=False), help="Take divisor and size range from this ONNX model's metadata.")
@@ -24,7 +24,8 @@ def command() -> None:
 @click.option("--with", "others", multiple=True,
               help="Models with several image inputs: the spec of each other input, e.g. template:112-128@128.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the chosen profiles here (YAML) for build-engine --profiles.")
-def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, input_name, others, output):
+@click.option("--force", is_flag=True, help="Replace another mrdeploy output file at -o (never a file mrdeploy did not write).")
+def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, input_name, others, output, force):
     """Propose profiles that minimize the padded pixels of your data's sizes."""
     import yaml
 
@@ -41,6 +42,10 @@ def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, inp
         except ValueError:
             raise click.BadParameter(f"expected N or HxW, got {v!r}") from None
 
+    if output is not None:
+        from mrdeploy._atomic import check_output
+
+        check_output(output, "profiles", force, directory=False)  # before any work
     lo, hi = size(min_size), size(max_size)
     if model:
         from mrdeploy.errors import ProfileError
@@ -78,5 +83,5 @@ def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, inp
     if output:
         text = "# written by `mrdeploy profiles plan`; use with `mrdeploy build-engine --profiles FILE`\n"
         text += yaml.safe_dump(result.to_file_dict(input_name, others), sort_keys=False)
-        write_text_atomic(output, text)
+        write_text_atomic(output, text, "profiles", force)
         click.echo(f"wrote {output}")

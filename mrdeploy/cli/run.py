@@ -40,13 +40,13 @@ def _fmt_hw(shape) -> str:
 @click.argument("bundle", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--policy", type=click.Choice(["pad", "resize", "error"]), help="Override the bundle's policy.")
-@click.option("--top-k", "top_k", default=5, show_default=True, help="Classes to show (classification).")
+@click.option("--top-k", "top_k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes to show (classification).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write masks (PNG + .npy) / outputs here.")
 @click.option("--providers", help="ONNX Runtime providers, e.g. cuda or tensorrt,cuda (default: cpu).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), help="Serve only this backend's profiles.")
-@click.option("--threads", type=int, help="Intra-op threads per engine.")
-@click.option("--max-loaded", type=int, help="Keep at most N engines loaded (least recently used goes first).")
-@click.option("--repeat", default=1, show_default=True, help="Run each input N times; report the median latency.")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads per engine.")
+@click.option("--max-loaded", type=click.IntRange(min=1), help="Keep at most N engines loaded (least recently used goes first).")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Run each input N times; report the median latency.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per input instead of text.")
 def command(bundle, inputs, policy, top_k, out_dir, providers, backend, threads, max_loaded, repeat, as_json) -> None:
     """Serve INPUT files (PNG/JPEG images or .npy arrays) with a bundle.
