@@ -121,7 +121,9 @@ def _profile_model(tmp: Path, bundle: Path, name: str, entry: ProfileEntry, max_
     tout = [C.Tensor(n, t, tuple(-1 if d is None else d for d in shape)[cut:]) for n, shape, t in outs]
     params = {}
     if entry.backend == "onnxruntime":
-        n_threads = threads or entry.options.get("intra_op_num_threads")
+        from mrdeploy.runtime.backends.onnxruntime import _options  # flat keys or under "session"
+
+        n_threads = threads or _options(entry).get("intra_op_num_threads")
         if n_threads:
             params["intra_op_thread_count"] = str(int(n_threads))
     cfg = C.model_config(

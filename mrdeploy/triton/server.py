@@ -12,6 +12,7 @@ the stub's Python starts from this environment (its site-packages with numpy and
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -203,8 +204,12 @@ class TritonServer:
             return self.log_path.read_text(errors="replace")
         return self.last_log
 
-    def log_tail(self, lines: int = 25) -> str:
-        return "\n".join(self.log().splitlines()[-lines:]) or "(no log)"
+    def log_tail(self, lines: int = 8) -> str:
+        """The server's error lines (glog ``E...``, model load failures) and its last lines."""
+        text = self.log().splitlines()
+        errors = [line for line in text if re.match(r"^E\d{4} ", line) or "failed to load" in line]
+        tail = [line for line in text[-lines:] if line not in errors]
+        return "\n".join(errors[-15:] + tail) or "(no log)"
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout`` s) and remove its work folder."""
