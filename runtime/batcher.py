@@ -108,6 +108,19 @@ class Batcher:
     def submit(self, inputs) -> Future:
         """Queue one request (an array, or a dict for several inputs, as ``Runner.run`` takes it); the
         Future's result is the dict {output name: array} that ``runner.run(inputs)`` would return."""
+        return self._submit(inputs, inline=False)
+
+    def __call__(self, inputs, timeout: float | None = None):
+        """Blocking: the output array when the model has one output, else the dict of outputs."""
+        outs = self.run(inputs, timeout)
+        return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def run(self, inputs, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Blocking: the dict {output name: array}, as ``Runner.run``. A request that finds its group
+        idle runs in the calling thread (no hand-over to a worker)."""
+        return self._submit(inputs, inline=True).result(timeout)
+
+    def _submit(self, inputs, inline: bool) -> Future:
         future: Future = Future()
         try:
             arrays = self.runner._check_inputs(inputs)
@@ -126,19 +139,15 @@ class Batcher:
             group = self._groups.get(key)
             if group is None:
                 group = self._groups[key] = _Group(self._limits[name])
-            group.pending.append(request)
-            if group.running == 0 or group.queued >= group.limit:
-                self._cond.notify_all()
+            if inline and group.running == 0 and not group.pending:
+                group.running += 1  # nothing to wait for: run it here, now
+            else:
+                group.pending.append(request)
+                if group.running == 0 or group.queued >= group.limit:
+                    self._cond.notify_all()
+                return future
+        self._run_batch(group, [request])
         return future
-
-    def __call__(self, inputs, timeout: float | None = None):
-        """Blocking: the output array when the model has one output, else the dict of outputs."""
-        outs = self.submit(inputs).result(timeout)
-        return next(iter(outs.values())) if len(outs) == 1 else outs
-
-    def run(self, inputs, timeout: float | None = None) -> dict[str, np.ndarray]:
-        """Blocking: the dict {output name: array}, as ``Runner.run``."""
-        return self.submit(inputs).result(timeout)
 
     def close(self) -> None:
         """Serve what is queued, then stop the threads. Later ``submit`` calls raise. Idempotent."""

@@ -48,10 +48,23 @@ def _concurrently(fn, items, threads=16):
         return list(ex.map(call, items))
 
 
+def _slow_engine(monkeypatch, runner, seconds=0.005):
+    """Each engine call takes at least ``seconds`` (the tiny test model takes microseconds), so that
+    concurrent requests overlap and stacking is certain; outputs still come from the real engine."""
+    real = runner.run_profile
+
+    def run_profile(name, feeds):
+        time.sleep(seconds)
+        return real(name, feeds)
+
+    monkeypatch.setattr(runner, "run_profile", run_profile)
+
+
 @pytest.mark.parametrize("policy", ["pad", "resize"])
-def test_outputs_equal_one_by_one_under_16_threads(seg_runner, policy):
+def test_outputs_equal_one_by_one_under_16_threads(seg_runner, policy, monkeypatch):
     xs = _inputs(96)
     ref = [seg_runner.run(x, policy=policy) for x in xs]
+    _slow_engine(monkeypatch, seg_runner)
     with rt.Batcher(seg_runner, max_batch=8, max_delay_ms=20, policy=policy) as batcher:
         got = _concurrently(batcher.run, xs)
         sizes = dict(batcher.batch_sizes)
@@ -68,15 +81,17 @@ def test_outputs_equal_one_by_one_under_16_threads(seg_runner, policy):
     assert got[i]["mask_logits"].shape == (1, 4, 20, 28) and got[i]["coarse"].shape == (1, 4, 10, 14)
 
 
-def test_batch_limit_and_multi_row_requests(seg_runner):
+def test_batch_limit_and_multi_row_requests(seg_runner, monkeypatch):
     rng = np.random.default_rng(3)
     xs = [rng.standard_normal((b, 3, 48, 48)).astype(np.float32) for b in (1, 2, 3) * 8]
+    refs = [seg_runner.run(x) for x in xs]
+    _slow_engine(monkeypatch, seg_runner)
     with rt.Batcher(seg_runner, max_batch=3, max_delay_ms=20) as batcher:
         got = _concurrently(batcher.run, xs)
         sizes = dict(batcher.batch_sizes)
     assert max(sizes) <= 3 and sum(b * n for b, n in sizes.items()) == sum(x.shape[0] for x in xs)
-    for x, g in zip(xs, got):
-        ref = seg_runner.run(x)
+    assert max(sizes) > 1, sizes
+    for x, g, ref in zip(xs, got, refs):
         assert all(np.max(np.abs(g[n] - ref[n])) <= 1e-5 for n in ref)
         assert g["pooled"].shape == (x.shape[0], 4)
 
