@@ -13,9 +13,9 @@ padded to 128x128 join one batch) are stacked along the batch axis into one engi
 to its own size. A request is never held for a batch of another shape: every (profile, served shape)
 group has its own queue, and groups run concurrently on ``workers`` threads.
 
-When a request finds no batch of its group running, it runs at once (nothing to wait for); while one
-is running, requests of that group queue for at most ``max_delay_ms`` (or until the batch is full)
-and then run together. So one client alone sees no added delay, and many clients get batches.
+When a request finds the Batcher idle (no batch running), it runs at once: one client alone sees no
+added delay. While batches run, requests queue per group for at most ``max_delay_ms`` (or until their
+batch is full) and then run together, beside the running ones: under load, callers get batches.
 
 Errors go to the caller whose input caused them: a bad input fails its own future at ``submit``;
 when a stacked engine call fails, its requests are run one by one so that only the faulty one fails.
@@ -97,6 +97,7 @@ class Batcher:
         self._groups: dict[tuple, _Group] = {}
         self._cond = threading.Condition()
         self._closed = False
+        self._running = 0  # batches in flight, all groups
         self.batch_sizes: Counter[int] = Counter()  # stacked batch size -> engine calls
         nworkers = workers or max(2, min(8, os.cpu_count() or 2))
         self._pool = ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="mrdeploy-batch")
@@ -139,12 +140,12 @@ class Batcher:
             group = self._groups.get(key)
             if group is None:
                 group = self._groups[key] = _Group(self._limits[name])
-            if inline and group.running == 0 and not group.pending:
-                group.running += 1  # nothing to wait for: run it here, now
+            if inline and self._running == 0 and not group.pending:
+                group.running += 1  # the Batcher is idle: nothing to wait for, run it here, now
+                self._running += 1
             else:
                 group.pending.append(request)
-                if group.running == 0 or group.queued >= group.limit:
-                    self._cond.notify_all()
+                self._cond.notify_all()  # the scheduler learns the new deadline (or a full batch)
                 return future
         self._run_batch(group, [request])
         return future
@@ -184,11 +185,12 @@ class Batcher:
         start, wake, idle = [], None, []
         for key, group in self._groups.items():
             while group.pending and (
-                self._closed or group.running == 0 or group.queued >= group.limit
+                self._closed or self._running == 0 or group.queued >= group.limit
                 or group.pending[0].arrived + self.max_delay <= now
             ):
                 start.append((group, self._take(group)))
                 group.running += 1
+                self._running += 1
             if group.pending:
                 deadline = group.pending[0].arrived + self.max_delay
                 wake = deadline if wake is None else min(wake, deadline)
@@ -214,6 +216,7 @@ class Batcher:
     def _finished(self, group: _Group) -> None:
         with self._cond:
             group.running -= 1
+            self._running -= 1
             self._cond.notify_all()
 
     # --- running ----------------------------------------------------------------------------------
