@@ -11,7 +11,9 @@ that land on the same profile with the same served shape (after padding: 100x100
 padded to 128x128 join one batch) are stacked along the batch axis into one engine call, up to
 ``max_batch`` and the profile's batch max; each caller gets its own rows back, cropped or resized back
 to its own size. A request is never held for a batch of another shape: every (profile, served shape)
-group has its own queue, and groups run concurrently on ``workers`` threads.
+group has its own queue. At most ``workers`` engine calls run at once (default: the CPU count, at
+least 2); when all are busy, queued requests keep joining their batches, and the next free worker
+takes the group whose oldest request has waited longest.
 
 When a request finds the Batcher idle (no batch running), it runs at once: one client alone sees no
 added delay. While batches run, requests queue per group for at most ``max_delay_ms`` (or until their
@@ -99,8 +101,8 @@ class Batcher:
         self._closed = False
         self._running = 0  # batches in flight, all groups
         self.batch_sizes: Counter[int] = Counter()  # stacked batch size -> engine calls
-        nworkers = workers or max(2, min(8, os.cpu_count() or 2))
-        self._pool = ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="mrdeploy-batch")
+        self.workers = workers or max(2, min(8, os.cpu_count() or 2))
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mrdeploy-batch")
         self._scheduler = threading.Thread(target=self._schedule, name="mrdeploy-batcher", daemon=True)
         self._scheduler.start()
 
@@ -181,21 +183,27 @@ class Batcher:
         return taken
 
     def _ready(self, now: float) -> tuple[list[tuple[_Group, list[_Request]]], float | None]:
-        """Batches to start now, and the earliest deadline still pending (None when nothing waits)."""
-        start, wake, idle = [], None, []
-        for key, group in self._groups.items():
-            while group.pending and (
-                self._closed or self._running == 0 or group.queued >= group.limit
-                or group.pending[0].arrived + self.max_delay <= now
-            ):
-                start.append((group, self._take(group)))
-                group.running += 1
-                self._running += 1
-            if group.pending:
-                deadline = group.pending[0].arrived + self.max_delay
-                wake = deadline if wake is None else min(wake, deadline)
-            elif group.running == 0:
-                idle.append(key)
+        """Batches to start now (at most one per free worker, oldest request first), and when to look
+        again (None: at the next submit or finished batch)."""
+        start = []
+        while self._running < self.workers:
+            best = None
+            for group in self._groups.values():
+                if group.pending and (
+                    self._closed or self._running == 0 or group.queued >= group.limit
+                    or group.pending[0].arrived + self.max_delay <= now
+                ) and (best is None or group.pending[0].arrived < best.pending[0].arrived):
+                    best = group
+            if best is None:
+                break
+            start.append((best, self._take(best)))
+            best.running += 1
+            self._running += 1
+        wake = None
+        if self._running < self.workers:  # a worker is free: wake at the next deadline
+            deadlines = [g.pending[0].arrived + self.max_delay for g in self._groups.values() if g.pending]
+            wake = min(deadlines, default=None)
+        idle = [k for k, g in self._groups.items() if not g.pending and g.running == 0]
         for key in idle:  # a stream of many sizes must not grow the table without end
             del self._groups[key]
         return start, wake
@@ -205,7 +213,7 @@ class Batcher:
             with self._cond:
                 start, wake = self._ready(time.perf_counter())
                 if not start:
-                    if self._closed and wake is None:
+                    if self._closed and not any(g.pending for g in self._groups.values()):
                         return
                     timeout = None if wake is None else max(0.0, wake - time.perf_counter())
                     self._cond.wait(timeout)
