@@ -204,6 +204,7 @@ def _python_profile_models(repo) -> None:
         "import numpy as np, onnxruntime as ort\n"
         "import triton_python_backend_utils as pb_utils\n"
         "from pathlib import Path\n"
+        "from mrdeploy.triton.front import to_numpy, to_tensor\n"
         "class TritonPythonModel:\n"
         "    def initialize(self, args):\n"
         "        so = ort.SessionOptions(); so.intra_op_num_threads = 1\n"
@@ -212,9 +213,9 @@ def _python_profile_models(repo) -> None:
         "    def execute(self, requests):\n"
         "        out = []\n"
         "        for r in requests:\n"
-        "            x = pb_utils.get_input_tensor_by_name(r, 'input').as_numpy()\n"
+        "            x = to_numpy(pb_utils.get_input_tensor_by_name(r, 'input'))\n"
         "            ys = self.s.run(self.names, {'input': x})\n"
-        "            out.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, y) for n, y in zip(self.names, ys)]))\n"
+        "            out.append(pb_utils.InferenceResponse([to_tensor(n, y) for n, y in zip(self.names, ys)]))\n"
         "        return out\n"
     )
     for model in repo.profile_models.values():

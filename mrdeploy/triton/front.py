@@ -23,6 +23,33 @@ HERE = Path(__file__).resolve().parent
 SPEC = "mrdeploy_front.json"
 
 
+# Tensors cross the stub by DLPack, both ways: the stub of the nvidia-pytriton wheel was built against
+# numpy 1.x, and with numpy 2 its ``as_numpy()`` returns zeros and ``Tensor(name, array)`` sends no data.
+class _Capsule:
+    def __init__(self, capsule):
+        self.capsule = capsule
+
+    def __dlpack__(self, **kwargs):
+        return self.capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU, device 0
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """A pb_utils.Tensor (on CPU) as a numpy array."""
+    return np.from_dlpack(_Capsule(tensor.to_dlpack()))
+
+
+def to_tensor(name: str, array: np.ndarray):
+    """A numpy array as a pb_utils.Tensor (a read-only array, e.g. a request's input, is copied: the
+    DLPack version the stub speaks cannot mark an export read-only)."""
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return pb_utils.Tensor.from_dlpack(name, array)
+
+
 def bls_runner(bundle: Path, spec: dict):
     """A Runner whose engines are the per-profile Triton models, called through BLS."""
     from mrdeploy.errors import MrdeployError
@@ -44,12 +71,12 @@ def bls_runner(bundle: Path, spec: dict):
             request = pb_utils.InferenceRequest(
                 model_name=self.model_name,
                 requested_output_names=self.output_names,
-                inputs=[pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in feeds.items()],
+                inputs=[to_tensor(n, a) for n, a in feeds.items()],
             )
             response = request.exec()
             if response.has_error():
                 raise MrdeployError(f"Triton model {self.model_name!r}: {response.error().message()}")
-            return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in self.output_names}
+            return {n: to_numpy(pb_utils.get_output_tensor_by_name(response, n)) for n in self.output_names}
 
     class BlsRunner(Runner):
         def _create(self, name):
@@ -73,9 +100,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
+                feeds = {n: to_numpy(pb_utils.get_input_tensor_by_name(request, n)) for n in self.inputs}
                 outs = self.runner.run(feeds)
-                tensors = [pb_utils.Tensor(n, np.ascontiguousarray(outs[n])) for n in self.outputs]
+                tensors = [to_tensor(n, outs[n]) for n in self.outputs]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             except Exception as e:  # the caller gets mrdeploy's message, the model keeps serving
                 responses.append(pb_utils.InferenceResponse(

@@ -1,8 +1,8 @@
 """Start and stop a real ``tritonserver`` on a repository, bound to 127.0.0.1.
 
 The binary: ``$MRDEPLOY_TRITONSERVER``, else the one the ``nvidia-pytriton`` wheel ships (with the
-Python backend and a backend stub per Python version), else ``tritonserver`` on PATH (e.g. an NGC
-container, with its own backends).
+Python backend and a backend stub per Python version; scripts/setup.sh extracts it), else
+``tritonserver`` on PATH (e.g. an NGC container, with its own backends).
 
 For the wheel's server, the Python backend stub embeds this interpreter's libpython: its lib folder
 (``sysconfig`` LIBDIR) goes on LD_LIBRARY_PATH, and this interpreter's bin folder goes first on PATH so
@@ -11,6 +11,7 @@ the stub's Python starts from this environment (its site-packages with numpy and
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -29,12 +30,16 @@ from mrdeploy.triton.config import read_config
 
 
 def _pytriton_dist() -> Path | None:
-    try:
-        import pytriton
-    except ImportError:
-        return None
-    dist = Path(pytriton.__file__).parent / "tritonserver"
-    return dist if (dist / "bin" / "tritonserver").is_file() else None
+    """The ``tritonserver`` folder of the nvidia-pytriton wheel: extracted by scripts/setup.sh into
+    ``$MRDEPLOY_ASSETS/pytriton`` or ``sys.prefix/mrdeploy-assets/pytriton`` (the package itself pins
+    numpy<2, so it is not installed), else the installed ``pytriton`` package."""
+    roots = [Path(os.environ["MRDEPLOY_ASSETS"]) / "pytriton"] if os.environ.get("MRDEPLOY_ASSETS") else []
+    roots.append(Path(sys.prefix) / "mrdeploy-assets" / "pytriton")
+    dists = [r / "pytriton" / "tritonserver" for r in roots]
+    spec = importlib.util.find_spec("pytriton")
+    if spec is not None and spec.origin:
+        dists.append(Path(spec.origin).parent / "tritonserver")
+    return next((d for d in dists if (d / "bin" / "tritonserver").is_file()), None)
 
 
 def find_tritonserver() -> Path:
@@ -51,8 +56,8 @@ def find_tritonserver() -> Path:
     if found:
         return Path(found)
     raise BackendUnavailable(
-        "no tritonserver found: pip install 'mrdeploy[triton]' (nvidia-pytriton ships one), put tritonserver "
-        "on PATH, or set MRDEPLOY_TRITONSERVER"
+        "no tritonserver found: run scripts/setup.sh (it extracts the one the nvidia-pytriton wheel ships), "
+        "pip install 'mrdeploy[triton-server]', put tritonserver on PATH, or set MRDEPLOY_TRITONSERVER"
     )
 
 
