@@ -8,6 +8,7 @@ The top-level names load their modules on first use, so ``import mrdeploy`` stay
 - ``calibrate``     per-profile INT8 (Q/DQ) models (mrdeploy.calibration)
 - ``load``          the runtime: a Runner over a bundle (mrdeploy.runtime)
 - ``parity``, ``bench``  accuracy parity and latency per resolution
+- ``triton``        a Triton model repository for a bundle (mrdeploy.triton: the module, callable)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _LAZY = {
     "load": ("mrdeploy.runtime", "load"),
     "parity": ("mrdeploy.parity", "parity"),
     "bench": ("mrdeploy.bench", "bench"),
+    "triton": ("mrdeploy.triton", None),  # the module itself; calling it writes a repository
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -32,5 +34,6 @@ __all__ = ["__version__", *_LAZY]
 def __getattr__(name: str):
     if name in _LAZY:
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'mrdeploy' has no attribute {name!r}")

@@ -44,3 +44,28 @@ PY
 extract facenet-pytorch==2.6.0 facenet_pytorch/data/pnet.pt facenet_pytorch/data/rnet.pt facenet_pytorch/data/onet.pt
 extract rapidocr-onnxruntime==1.4.4 rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx \
   rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx
+# Triton Inference Server for `mrdeploy triton --serve` and tests/test_triton.py: the nvidia-pytriton wheel
+# ships a tritonserver binary with the Python backend, but the package pins numpy<2, so it is not
+# installed: its server folder and libraries are extracted (layout and exec bits kept) into
+# $assets/pytriton, where mrdeploy.triton.server looks first (sys.prefix/mrdeploy-assets/pytriton).
+triton=$assets/pytriton
+if [ ! -x "$triton/pytriton/tritonserver/bin/tritonserver" ]; then
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" nvidia-pytriton==0.7.0 \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+  rm -rf "$triton.part"
+  .venv/bin/python - "$tmp"/*.whl "$triton.part" <<'PY'
+import os, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        if info.filename.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/")) and not info.is_dir():
+            path = z.extract(info, dest)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                os.chmod(path, mode & 0o755)
+PY
+  mkdir -p "$assets"
+  rm -rf "$triton" && mv "$triton.part" "$triton"
+  rm -rf "$tmp"
+fi

@@ -17,7 +17,7 @@ from mrdeploy._atomic import install_signal_cleanup, remove_stale
 from mrdeploy._progress import set_quiet
 from mrdeploy.errors import MrdeployError
 
-_COMMAND_MODULES = ["export", "profiles", "calibrate", "build", "run", "inspect", "parity", "bench"]
+_COMMAND_MODULES = ["export", "profiles", "calibrate", "build", "run", "inspect", "parity", "bench", "triton"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
