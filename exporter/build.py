@@ -34,7 +34,8 @@ from mrdeploy.runtime.profiles import Profile, ProfileSpec
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "auto")
-POLICIES = ("pad", "resize", "error")
+POLICIES = ("pad", "resize", "letterbox", "error")
+PAD_MODES = ("zero", "reflect", "edge")
 # the check of a specialized model against its source, per precision: (atol, rtol, min cosine)
 # int8: only the direction is checked here; its accuracy budget is the calibration's max_drop
 TOLERANCES = {"fp32": (1e-4, 1e-3, 0.9999), "fp16": (1e-2, 2e-2, 0.999), "int8": (float("inf"), 0.0, 0.98)}
@@ -125,14 +126,18 @@ def _check(kind: str, ok_rows: list, profile: Profile, table: str) -> None:
         )
 
 
-def default_policy(task: str) -> str:
+def default_policy(task: str, outputs=()) -> str:
     """What the runtime does with a size no profile contains, when the user does not say.
 
     Classification: ``resize`` — padding puts a border into the global pooling and the attention, and
     moves the prediction (the demo's ViT on digits: 0.16 top-1 padded against 0.92 resized, outside
     the profiles). Segmentation and dense outputs: ``pad`` — the padded border is cropped off the output
-    and the pixels inside are served at their own scale.
+    and the pixels inside are served at their own scale. A model with spatial outputs (a tracker's
+    response map, even when its task says classification) gets ``pad`` too: resizing would change the
+    outputs' geometry (16x16 where PyTorch gives 12x12).
     """
+    if any(o.spatial for o in outputs):
+        return "pad"
     return "resize" if task == "classification" else "pad"
 
 
@@ -146,6 +151,7 @@ def build_bundle(
     backend: str = "onnxruntime",
     precision: str = "fp32",
     policy: str | None = None,
+    pad_mode: str = "zero",
     divisor: int | None = None,
     spatial_outputs: Sequence[str] | None = None,
     mean: Sequence[float] | str | None = None,
@@ -169,6 +175,8 @@ def build_bundle(
         raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if policy is not None and policy not in POLICIES:
         raise ExportError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    if pad_mode not in PAD_MODES:
+        raise ExportError(f"pad_mode: expected one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
     trt_builder = None
     if backend == "tensorrt":
         from mrdeploy.exporter.tensorrt_build import TensorRTBuilder
@@ -182,7 +190,7 @@ def build_bundle(
         min_size=min_size, max_size=max_size,
     )
     resolved = resolve_profiles(source, profiles, batch=batch, profiles_file=profiles_file)
-    policy = policy or default_policy(source.info.task)
+    policy = policy or default_policy(source.info.task, source.info.outputs)
 
     import onnx
 
@@ -296,6 +304,7 @@ def build_bundle(
             profiles=entries,
             build=build,
             format_version=FORMAT_VERSION,
+            pad_mode=pad_mode,
         )
         manifest.write(tmp)
     return result
@@ -329,7 +338,8 @@ def build_engine(
     ``profiles``: ``--profile`` strings (``224``, ``256x192``, ``96-160@128``, ``192x256-384x512@288x384``,
     ``name=...``, ``input:spec,input:spec``), ProfileSpecs or Profiles. Keywords: ``profiles_file``,
     ``batch`` ("1-8@1"), ``backend`` ("onnxruntime" | "tensorrt"), ``precision`` ("fp32" | "fp16" |
-    "int8" | "auto"), ``policy`` ("pad" | "resize" | "error"; default: :func:`default_policy`), model
+    "int8" | "auto"), ``policy`` ("pad" | "resize" | "letterbox" | "error"; default: :func:`default_policy`),
+    ``pad_mode`` ("zero" | "reflect" | "edge", recorded in the manifest), model
     facts for models without mrdeploy metadata (``divisor``, ``spatial_outputs``, ``mean``, ``std``, ``min_size``, ``max_size``),
     ``threads`` (ONNX Runtime intra-op threads recorded in the bundle), tensorrt's ``workspace`` (MiB),
     ``timing_cache`` (file read before and updated after the build) and ``hardware_compatible``, and the

@@ -41,7 +41,8 @@ SUPPORTED_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-POLICIES = ("pad", "resize", "error")
+POLICIES = ("pad", "resize", "letterbox", "error")
+PAD_MODES = ("zero", "reflect", "edge")
 
 
 @dataclass
@@ -118,6 +119,7 @@ class Manifest:
     profiles: list[ProfileEntry]
     build: dict
     format_version: int = FORMAT_VERSION
+    pad_mode: str = "zero"  # how padded inputs are filled: zero | reflect | edge (runtime/fitting.py)
 
     def entry(self, name: str) -> ProfileEntry:
         for e in self.profiles:
@@ -138,6 +140,7 @@ class Manifest:
             "model": self.model.to_dict(),
             "source": dict(self.source),
             "policy": self.policy,
+            "pad_mode": self.pad_mode,
             "profiles": [e.to_dict() for e in self.profiles],
             "build": dict(self.build),
         }
@@ -165,6 +168,9 @@ class Manifest:
         policy = d.get("policy", "pad")
         if policy not in POLICIES:
             raise BundleError(f"{where}: unknown policy {policy!r}, expected one of {', '.join(POLICIES)}")
+        pad_mode = d.get("pad_mode", "zero")
+        if pad_mode not in PAD_MODES:
+            raise BundleError(f"{where}: unknown pad_mode {pad_mode!r}, expected one of {', '.join(PAD_MODES)}")
         source = d["source"]
         if not isinstance(source, Mapping) or "artifact" not in source or "sha256" not in source:
             raise BundleError(f"{where}: source must be {{artifact, sha256}}, got {source!r}")
@@ -191,6 +197,7 @@ class Manifest:
             profiles=entries,
             build=dict(d.get("build") or {}),
             format_version=version,
+            pad_mode=pad_mode,
         )
 
     @classmethod
