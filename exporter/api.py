@@ -22,6 +22,7 @@ from mrdeploy.exporter.sweep import (
     SweepError,
     SweepReport,
     check,
+    exact_grid,
     plan_sizes,
     run_sweep,
 )
@@ -265,8 +266,30 @@ def _attempt(torch_model, tensors, out_names, spatial, dynamic, exporter, opset,
     try:
         check(result.sweep)
     except SweepError as e:
-        return result, e
+        grid = exact_grid(result.sweep)
+        if grid is None or any(i.divisor != 1 for i in info.inputs):
+            return result, e
+        if any(t.shape[2] % grid or t.shape[3] % grid for t in tensors.values()):
+            return result, e
+        # exact on multiples of `grid` only: record it as the divisor, so the runtime pads to it
+        from dataclasses import replace
+
+        info = replace(info, inputs=[replace(i, divisor=grid) for i in info.inputs])
+        write_metadata(proto, info)
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        result.model_info = info
+        result.sweep.grid = grid
+        off = ", ".join(_size_text(r) for r in result.sweep.rows if not r.passed)
+        result.notes.append(
+            f"the model matches PyTorch only at sizes that are multiples of {grid} (it differs at {off}); "
+            f"divisor {grid} recorded: the runtime pads other sizes up to it"
+        )
     return result, None
+
+
+def _size_text(row) -> str:
+    worst = f" by {row.max_rel:.2g} rel" if row.max_rel == row.max_rel else ""
+    return f"{row.size}{worst}"
 
 
 def _output_rules(torch_model, tensors, refs, infos, output_scale, div, lo, hi, seed):

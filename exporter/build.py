@@ -190,7 +190,11 @@ def build_bundle(
         min_size=min_size, max_size=max_size,
     )
     resolved = resolve_profiles(source, profiles, batch=batch, profiles_file=profiles_file)
-    policy = policy or default_policy(source.info.task, source.info.outputs)
+    from mrdeploy.exporter.plan import file_policy
+
+    policy = policy or file_policy(profiles_file) or default_policy(source.info.task, source.info.outputs)
+    if policy not in POLICIES:
+        raise ExportError(f"policy in {profiles_file}: expected one of {', '.join(POLICIES)}, got {policy!r}")
 
     import onnx
 

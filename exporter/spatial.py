@@ -51,11 +51,14 @@ def _probe_sizes(h: int, w: int, d: int, lo, hi) -> list[tuple[int, int]]:
     def on_grid(v: float) -> int:
         return max(d, round(v / d) * d)
 
-    grid = [(on_grid(h * fh), on_grid(w * fw)) for fh, fw in ((1.5, 1.25), (0.75, 1.5), (0.5, 0.75))]
-    grid = [g for g in grid if ok(g)][:2]
-    step_h, step_w = (d // 2 + 1, d // 2 + 3) if d > 2 else (5, 7)
-    off = [(gh + step_h, gw + step_w) for gh, gw in grid] + [(h + 9, w + 13), (h - 7, w - 3)]
-    return grid + [g for g in off if ok(g)][:3]
+    grid = [(on_grid(h * fh), on_grid(w * fw)) for fh, fw in ((2.0, 1.5), (0.5, 0.75), (1.5, 1.25), (0.75, 2.0))]
+    grid = [g for g in grid if ok(g)][:3]
+    # one below and one above a multiple of 64: residues -1 and +1 modulo every power-of-two stride,
+    # which tell floor (kernel = stride) from round-up ("same" padding) and other offsets
+    bh, bw = max(64, round(h / 64) * 64), max(64, round(w / 64) * 64)
+    off = [(bh - 1, bw + 1), (bh + 1, bw - 1), (h - 1, w + 1), (h + 1, w - 1), (h + 9, w + 13)]
+    off = list(dict.fromkeys(g for g in off if ok(g) and g not in grid and g != (h, w)))
+    return grid + off[:3]
 
 
 def _fit_axis(points: list[tuple[int, int]]) -> tuple[float, int] | None:
@@ -68,9 +71,11 @@ def _fit_axis(points: list[tuple[int, int]]) -> tuple[float, int] | None:
     ratio = (o1 - o0) / (i1 - i0)
     if ratio <= 0:
         return None
-    candidates = {Fraction(1, k) for k in range(1, MAX_DENOMINATOR + 1)} | {Fraction(k) for k in range(2, 9)}
-    candidates.add(Fraction(ratio).limit_denominator(MAX_DENOMINATOR))
-    for scale in sorted(candidates, key=lambda c: abs(float(c) - ratio)):
+    powers = {Fraction(2) ** e for e in range(-6, 4)}  # 1/64 .. 8: strides and upscales first
+    others = ({Fraction(1, k) for k in range(1, MAX_DENOMINATOR + 1)} | {Fraction(k) for k in range(2, 9)}
+              | {Fraction(ratio).limit_denominator(MAX_DENOMINATOR)}) - powers
+    by_closeness = lambda c: abs(float(c) - ratio)  # noqa: E731
+    for scale in sorted(powers, key=by_closeness) + sorted(others, key=by_closeness):
         span = math.ceil(1 / scale) if scale < 1 else 1
         fits = [
             off for off in range(-2 * span, 2 * span + 1)
