@@ -212,8 +212,8 @@ def export_onnx(
             fixed = _specialized_dims(proto, input_names)
             if fixed:
                 errors[which] = (
-                    f"{which} fixed dims the model declared dynamic ({fixed}, traced at "
-                    f"{', '.join('x'.join(map(str, a.shape)) for a in args)}): the model turns an input size "
+                    f"{which} fixed dims the model declared dynamic ({fixed}) when traced at "
+                    f"{', '.join('x'.join(map(str, a.shape)) for a in args)}: the model turns an input size "
                     "into a Python int (int(x.shape[...]), a size used in Python arithmetic or control flow), "
                     "which bakes a shape into the graph"
                 )
