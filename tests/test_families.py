@@ -19,7 +19,7 @@ def deployed(tmp_path_factory):
 
     def get(name):
         if name not in cache:
-            cache[name] = deploy(name, root / name, calib_samples=4)
+            cache[name] = deploy(name, root / name, calib_samples=4, int8_profiles=1)
         return cache[name]
 
     return get
@@ -104,3 +104,16 @@ def test_lorat_tracker_heads_floor_like_pytorch(deployed):
     rows = {row["label"]: row for row in r["check"]["fp32"]}
     assert rows["between"]["action"] == "pad" and rows["between"]["bundle shape"] == "1x1x12x12 1x4x12x12"
     assert rows["off-stride"]["bundle shape"] == "1x1x9x10 1x4x9x10"  # floor(150/16) x floor(171/16)
+
+
+def test_parity_api_with_an_nn_module_reference_twice(deployed):
+    """mrdeploy.parity was the submodule after its first use, and parity(reference=nn.Module) failed."""
+    import mrdeploy
+
+    r = deployed("restore")
+    for _ in range(2):
+        rep = mrdeploy.parity(r["builds"]["fp32"]["path"], reference=r["model"], sizes="48x64", samples=2,
+                              plot=False, max_abs_error=1e-3)
+        onnx_row = next(row for row in rep.rows if row.target == "onnx")
+        assert onnx_row.reference == "pytorch" and onnx_row.max_abs < 1e-5
+        assert rep.references["pytorch"] == "UNet (nn.Module)"

@@ -139,8 +139,10 @@ def photo_dir(root: Path, split: str, n: int) -> Path:
     return folder
 
 
-def deploy(name: str, workdir: str | Path, precisions=("fp32", "int8"), calib_samples: int = 8) -> dict:
-    """Export, plan, build and check one family in ``workdir``; returns every table and row."""
+def deploy(name: str, workdir: str | Path, precisions=("fp32", "int8"), calib_samples: int = 8,
+           int8_profiles: int | None = None) -> dict:
+    """Export, plan, build and check one family in ``workdir``; returns every table and row.
+    ``int8_profiles``: build only the first N profiles in int8 (the tests use 1, to stay quick)."""
     from mrdeploy.exporter import export
     from mrdeploy.exporter.build import build_bundle
     from mrdeploy.exporter.loading import load_model
@@ -163,7 +165,8 @@ def deploy(name: str, workdir: str | Path, precisions=("fp32", "int8"), calib_sa
     for precision in precisions:
         bundle = work / f"{name}_{precision}"
         kwargs = dict(calib_data=str(calib), calib_samples=calib_samples, calib_method="minmax") if precision == "int8" else {}
-        r = build_bundle(onnx_path, bundle, list(fam.profiles), precision=precision, quiet=True, **kwargs)
+        profiles = list(fam.profiles)[: int8_profiles] if precision == "int8" and int8_profiles else list(fam.profiles)
+        r = build_bundle(onnx_path, bundle, profiles, precision=precision, quiet=True, **kwargs)
         out["builds"][precision] = {"path": bundle, "table": r.table(), "policy": r.policy}
     model = load_model(fam.factory_path)
     out["check"] = {p: check_sizes(out["builds"][p]["path"], model, fam) for p in precisions}
