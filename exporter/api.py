@@ -22,6 +22,7 @@ from mrdeploy.exporter.sweep import (
     SweepError,
     SweepReport,
     check,
+    exact_grid,
     plan_sizes,
     run_sweep,
 )
@@ -138,6 +139,7 @@ def export(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     spatial_outputs=None,
+    output_scale=None,
     opset: int | None = None,
     exporter: str = "auto",
     optimize: bool = True,
@@ -155,17 +157,13 @@ def export(
     a dict ``{input name: shape}`` in forward-argument order. Batch, height and width are dynamic unless
     ``dynamic=False``. ``divisor``/``min_size``/``max_size``/``mean``/``std`` may be given per input as
     dicts. With ``validate`` the file is checked against PyTorch over a resolution sweep; any failure
-    raises (SweepError, an ExportError) and nothing is left at ``output``. ``report`` writes the result as
-    JSON (also when the sweep fails). An existing ``output`` is replaced only when it is an ONNX model
-    (or, with ``force``, another mrdeploy output file), never another file.
+    raises (SweepError, an ExportError) and nothing is left at ``output``; with ``exporter="auto"`` a
+    dynamo graph that fails the sweep is exported again with TorchScript. ``report`` writes the result as
+    JSON (also when the sweep fails). Each spatial output's size rule (scale such as 2, 1 or 1/16, and
+    floor or round-up) is inferred by running the model at a few more sizes, or given in
+    ``output_scale`` ({output name: 2 | "1/16"}); the runtime crops padded outputs back by it.
     """
-    import onnx
-
-    from mrdeploy.exporter.onnx_export import export_onnx
-    from mrdeploy.exporter.optimize import OptimizeResult, count_nodes
-    from mrdeploy.exporter.optimize import optimize as run_optimize
-
-    check_output(output, "onnx", force, directory=False)  # before any work
+    check_output(output, "onnx", force, directory=False)  # before any work; replaces only an ONNX model
     start = time.perf_counter()
     default = input_names[0] if input_names and len(input_names) == 1 else "input"
     example = normalize_example(example_shape, default)
@@ -189,60 +187,138 @@ def export(
     if label_list and task == "classification" and refs[0].ndim == 2 and refs[0].shape[1] != len(label_list):
         raise ExportError(f"{len(label_list)} labels for a classifier with {refs[0].shape[1]} classes")
 
+    out_infos, rule_notes = _output_rules(torch_model, tensors, refs, out_infos, output_scale, div, lo, hi, seed)
+    info = build_model_info(
+        name or _default_name(model), task, example, div, lo, hi, means, stds, out_infos, label_list
+    )
+    cases = plan_sizes(example, div, lo, hi, sizes, dynamic) if validate else []
+    tol = (DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol)
+    spatial = {o.name for o in out_infos if o.spatial}
+
+    with atomic_file(output, "onnx", force) as tmp:
+        result, error = _attempt(torch_model, tensors, out_names, spatial, dynamic, exporter, opset, optimize,
+                                 info, output, tmp, cases, tol, seed)
+        if error is not None and exporter == "auto" and result.exporter == "dynamo":
+            # dynamo's graph is wrong somewhere: a failed sweep is a reason to fall back, like a failed export
+            try:
+                retry, retry_error = _attempt(torch_model, tensors, out_names, spatial, dynamic, "torchscript",
+                                              opset, optimize, info, output, tmp, cases, tol, seed)
+            except ExportError as e:
+                retry, retry_error = None, e
+            if retry is not None and retry_error is None:
+                retry.fallback_reason = f"dynamo's graph failed the sweep: {error}"
+                result, error = retry, None
+            else:
+                error = SweepError(f"{error} [the TorchScript fallback failed too: {retry_error}]", error.report)
+        elif error is not None and result.fallback_reason:
+            error = SweepError(
+                f"{error} [exported with torchscript; dynamo was not used: {result.fallback_reason}]", error.report
+            )
+        result.notes.extend(rule_notes)
+        result.seconds = time.perf_counter() - start
+        if error is not None:
+            if report is not None:
+                _write_report(report, result, error=str(error))
+            raise error from None
+    if report is not None:
+        _write_report(report, result)
+    return result
+
+
+def _attempt(torch_model, tensors, out_names, spatial, dynamic, exporter, opset, optimize, info, output, tmp,
+             cases, tol, seed) -> tuple[ExportResult, SweepError | None]:
+    """Export with ``exporter``, optimize, write ``info``, save to ``tmp``, run the sweep: (result, error)."""
+    import onnx
+
+    from mrdeploy.exporter.onnx_export import export_onnx
+    from mrdeploy.exporter.optimize import OptimizeResult, count_nodes
+    from mrdeploy.exporter.optimize import optimize as run_optimize
+
     with Progress(2, "export") as bar:
         bar.update(0, note=f"{exporter} exporter")
         raw = export_onnx(
             torch_model, tensors, out_names, dynamic=dynamic, exporter=exporter, opset=opset,
-            spatial_outputs={o.name for o in out_infos if o.spatial},
+            spatial_outputs=spatial,
         )
         bar.update(1, note="optimizing" if optimize else "exported")
-        proto = raw.model
         if optimize:
-            opt = run_optimize(proto)
+            opt = run_optimize(raw.model)
         else:
-            n = count_nodes(proto)
-            opt = OptimizeResult(proto, None, n, n)
+            n = count_nodes(raw.model)
+            opt = OptimizeResult(raw.model, None, n, n)
         bar.update(1, note=f"{opt.nodes_before} -> {opt.nodes_after} nodes")
     proto = opt.model
-    info = build_model_info(
-        name or _default_name(model), task, example, div, lo, hi, means, stds, out_infos, label_list
-    )
     write_metadata(proto, info)
     if proto.ByteSize() > MAX_PROTO_BYTES:
         raise ExportError(f"the model is {proto.ByteSize() / 2**30:.1f} GB; one self-contained .onnx holds at most 2 GB")
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    notes = list(raw.warnings)
-    if opt.note:
-        notes.append(opt.note)
+    notes = list(raw.warnings) + ([opt.note] if opt.note else [])
     result = ExportResult(
         Path(output), raw.exporter, raw.fallback_reason, opt.tool, opt.nodes_before, opt.nodes_after, info,
         opset_used, notes=notes,
     )
-    with atomic_file(output, "onnx", force) as tmp:
+    onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    try:
+        onnx.checker.check_model(str(tmp))
+    except Exception as e:
+        raise ExportError(f"the exported ONNX model does not pass onnx.checker: {str(e).strip()[:300]}") from e
+    if not cases:
+        return result, None
+    result.sweep = run_sweep(torch_model, tmp, cases, out_names, tol[0], tol[1], seed)
+    try:
+        check(result.sweep)
+    except SweepError as e:
+        grid = exact_grid(result.sweep)
+        if grid is None or any(i.divisor != 1 for i in info.inputs):
+            return result, e
+        if any(t.shape[2] % grid or t.shape[3] % grid for t in tensors.values()):
+            return result, e
+        # exact on multiples of `grid` only: record it as the divisor, so the runtime pads to it
+        from dataclasses import replace
+
+        info = replace(info, inputs=[replace(i, divisor=grid) for i in info.inputs])
+        write_metadata(proto, info)
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        try:
-            onnx.checker.check_model(str(tmp))
-        except Exception as e:
-            raise ExportError(f"the exported ONNX model does not pass onnx.checker: {str(e).strip()[:300]}") from e
-        if validate:
-            cases = plan_sizes(example, div, lo, hi, sizes, dynamic)
+        result.model_info = info
+        result.sweep.grid = grid
+        off = ", ".join(_size_text(r) for r in result.sweep.rows if not r.passed)
+        result.notes.append(
+            f"the model matches PyTorch only at sizes that are multiples of {grid} (it differs at {off}); "
+            f"divisor {grid} recorded: the runtime pads other sizes up to it"
+        )
+    return result, None
+
+
+def _size_text(row) -> str:
+    worst = f" by {row.max_rel:.2g} rel" if row.max_rel == row.max_rel else ""
+    return f"{row.size}{worst}"
+
+
+def _output_rules(torch_model, tensors, refs, infos, output_scale, div, lo, hi, seed):
+    """Spatial outputs' size rules: given in ``output_scale`` ({name: 2 | "1/16" | (sh, sw)}), else
+    inferred by running the model at a few more sizes (mrdeploy.exporter.spatial)."""
+    from dataclasses import replace
+
+    from mrdeploy.exporter.spatial import infer_rules, parse_scale
+
+    given = dict(output_scale or {})
+    unknown = [n for n in given if n not in {o.name for o in infos}]
+    if unknown:
+        raise ExportError(f"output_scale names unknown output(s) {unknown}; outputs: {[o.name for o in infos]}")
+    out = []
+    for o in infos:
+        if o.name in given:
             try:
-                result.sweep = run_sweep(
-                    torch_model, tmp, cases, out_names,
-                    DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol, seed,
-                )
-                check(result.sweep)
-            except SweepError as e:
-                if result.fallback_reason:
-                    e = SweepError(f"{e} [exported with torchscript; dynamo was not used: {result.fallback_reason}]", e.report)
-                result.seconds = time.perf_counter() - start
-                if report is not None:
-                    _write_report(report, result, error=str(e))
-                raise e from None
-    result.seconds = time.perf_counter() - start
-    if report is not None:
-        _write_report(report, result)
-    return result
+                scale = parse_scale(given[o.name])
+            except (ValueError, ZeroDivisionError, TypeError):
+                raise ExportError(
+                    f"output_scale of {o.name!r}: expected a ratio such as 2, 0.25 or '1/16', got {given[o.name]!r}"
+                ) from None
+            stride = max(1, round(1 / min(scale))) if min(scale) < 1 else 1
+            o = replace(o, spatial=True, scale=scale, stride=stride,
+                        offset=tuple(max(0, round(1 / s) - 1) if s < 1 else 0 for s in scale))
+        out.append(o)
+    return infer_rules(torch_model, tensors, refs, out, div, lo, hi, seed)
 
 
 def _probe(torch_model, example, seed: int):

@@ -30,12 +30,11 @@ from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError
 from mrdeploy.exporter.onnx_model import SourceModel, read_model
 from mrdeploy.exporter.resolve import resolve_profiles
-from mrdeploy.runtime.manifest import default_policy  # noqa: F401  (one rule, read by the runtime too)
+from mrdeploy.runtime.manifest import PAD_MODES, POLICIES, default_policy  # one copy of each rule
 from mrdeploy.runtime.profiles import Profile, ProfileSpec
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "auto")
-POLICIES = ("pad", "resize", "error")
 # the check of a specialized model against its source, per precision: (atol, rtol, min cosine)
 # int8 profiles: the fp32 model they are quantized from is checked with the fp32 tolerances; the Q/DQ
 # model itself against the source on held-out real data (the calibration's drop and --max-drop)
@@ -118,6 +117,7 @@ def build_bundle(
     backend: str = "onnxruntime",
     precision: str = "fp32",
     policy: str | None = None,
+    pad_mode: str = "zero",
     divisor: int | None = None,
     spatial_outputs: Sequence[str] | None = None,
     mean: Sequence[float] | str | None = None,
@@ -152,6 +152,8 @@ def build_bundle(
             data=calib_data, heldout=heldout_data, method=calib_method or CalibOptions.method,
             samples=DEFAULT_SAMPLES if calib_samples is None else calib_samples, max_drop=max_drop, threads=threads,
         )
+    if pad_mode not in PAD_MODES:
+        raise ExportError(f"pad_mode: expected one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
     trt_builder = None
     if backend == "tensorrt":
         from mrdeploy.exporter.tensorrt_build import TensorRTBuilder
@@ -165,7 +167,11 @@ def build_bundle(
         min_size=min_size, max_size=max_size,
     )
     resolved = resolve_profiles(source, profiles, batch=batch, profiles_file=profiles_file)
-    policy = policy or default_policy(source.info.task)
+    from mrdeploy.exporter.plan import file_policy
+
+    policy = policy or file_policy(profiles_file) or default_policy(source.info.task, source.info.outputs)
+    if policy not in POLICIES:
+        raise ExportError(f"policy in {profiles_file}: expected one of {', '.join(POLICIES)}, got {policy!r}")
 
     import onnx
 
@@ -290,6 +296,7 @@ def build_bundle(
             profiles=entries,
             build=build,
             format_version=FORMAT_VERSION,
+            pad_mode=pad_mode,
         )
         manifest.write(tmp)
     return result
@@ -323,7 +330,8 @@ def build_engine(
     ``profiles``: ``--profile`` strings (``224``, ``256x192``, ``96-160@128``, ``192x256-384x512@288x384``,
     ``name=...``, ``input:spec,input:spec``), ProfileSpecs or Profiles. Keywords: ``profiles_file``,
     ``batch`` ("1-8@1"), ``backend`` ("onnxruntime" | "tensorrt"), ``precision`` ("fp32" | "fp16" |
-    "int8" | "auto"), ``policy`` ("pad" | "resize" | "error"; default: :func:`default_policy`), model
+    "int8" | "auto"), ``policy`` ("pad" | "resize" | "letterbox" | "error"; default: :func:`default_policy`),
+    ``pad_mode`` ("zero" | "reflect" | "edge", recorded in the manifest), model
     facts for models without mrdeploy metadata (``divisor``, ``spatial_outputs``, ``mean``, ``std``, ``min_size``, ``max_size``),
     ``threads`` (ONNX Runtime intra-op threads recorded in the bundle), tensorrt's ``workspace`` (MiB),
     ``timing_cache`` (file read before and updated after the build) and ``hardware_compatible``, and the

@@ -80,6 +80,25 @@ def _quiet():
                 logging.getLogger(n).setLevel(lvl)
 
 
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """nn.MultiheadAttention / TransformerEncoderLayer in eval mode call the fused
+    ``aten::_native_multi_head_attention``, which TorchScript cannot export; the slow path is the same
+    math in exportable ops."""
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    old = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(old)
+
+
 def _export_dynamo(model, args, input_names, output_names, dynamic, opset):
     import onnx
     import torch
@@ -169,6 +188,10 @@ def export_onnx(
     input_names = list(inputs)
     args = tuple(inputs.values())
     _check_forward_arity(model, len(args))
+    if dynamic and all(a.shape[0] == 1 for a in args):
+        # dynamo specializes every size-1 dim (0/1 specialization), so a batch-1 example would fix the
+        # batch at 1; trace with the example repeated to batch 2 instead (the graph is the same).
+        args = tuple(a.expand(2, *a.shape[1:]).clone() for a in args)
     errors: dict[str, str] = {}
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     for which in order:
@@ -177,9 +200,10 @@ def export_onnx(
                 if which == "dynamo":
                     proto = _export_dynamo(model, args, input_names, output_names, dynamic, opset)
                 else:
-                    proto = _export_torchscript(
-                        model, args, input_names, output_names, dynamic, opset, set(spatial_outputs)
-                    )
+                    with _no_mha_fastpath():
+                        proto = _export_torchscript(
+                            model, args, input_names, output_names, dynamic, opset, set(spatial_outputs)
+                        )
             except ExportError:
                 raise
             except Exception as e:
@@ -189,8 +213,10 @@ def export_onnx(
             fixed = _specialized_dims(proto, input_names)
             if fixed:
                 errors[which] = (
-                    f"{which} fixed dims the model declared dynamic ({fixed}): the model turns an input size "
-                    "into a Python int, which bakes a shape into the graph"
+                    f"{which} fixed dims the model declared dynamic ({fixed}) when traced at "
+                    f"{', '.join('x'.join(map(str, a.shape)) for a in args)}: the model turns an input size "
+                    "into a Python int (int(x.shape[...]), a size used in Python arithmetic or control flow), "
+                    "which bakes a shape into the graph"
                 )
                 if exporter == "auto" and which == "dynamo":
                     continue

@@ -25,9 +25,11 @@ are such a max: a height and a width both reached by a size inside). The search 
 
 Profiles written from a plan are static by default (``HxW``: the runtime pads each input to exactly the
 bucket, so the planned cost is exactly what is paid), or ranged (``mode="ranged"``: each profile spans the
-sizes it serves, ``min = (min h, min w)``, ``max`` = the bucket, ``opt`` = the most frequent size it
+sizes it serves, ``min`` = the smallest raw h and w it serves floored to the divisor (so the runtime's
+containment rule keeps every one of them), ``max`` = the bucket, ``opt`` = the most frequent size it
 serves; an engine then runs any size inside, so the planned cost is what a static engine would pay and
-an upper bound for the ranged one).
+an upper bound for the ranged one). The profiles file records ``policy: pad``, the rule the cost model
+assumes; ``build-engine --profiles FILE`` uses it unless ``--policy`` is given.
 """
 
 from __future__ import annotations
@@ -184,6 +186,8 @@ class Plan:
         c = self.chosen
         return {
             "profiles": self.profile_strings(input_name=input_name, others=others),
+            # the cost model pads every counted size into its bucket: the bundle must do the same
+            "policy": "pad",
             "plan": {
                 "inputs": self.total,
                 "skipped": self.skipped,
@@ -217,6 +221,8 @@ class _Problem:
         self.w = np.array([s[1] for s in self.sizes], dtype=np.int64)
         self.count = np.array([groups[s][0] for s in self.sizes], dtype=np.float64)
         self.raw_px = np.array([groups[s][1] for s in self.sizes], dtype=np.float64)  # real pixels
+        self.raw_h = np.array([groups[s][2] for s in self.sizes], dtype=np.int64)  # smallest raw h / w
+        self.raw_w = np.array([groups[s][3] for s in self.sizes], dtype=np.int64)  # rounded to this size
         self.raw = float(self.raw_px.sum())
         hs, ws = sorted(set(self.h.tolist())), sorted(set(self.w.tolist()))
         cands = []
@@ -371,21 +377,22 @@ def plan_profiles(
         if hi is not None and (r[0] > hi[0] or r[1] > hi[1]):
             skipped += 1
             continue
-        g = groups.setdefault(r, [0, 0])
+        g = groups.setdefault(r, [0, 0, int(h), int(w)])
         g[0] += 1
         g[1] += int(h) * int(w)
+        g[2], g[3] = min(g[2], int(h)), min(g[3], int(w))
     if total == 0:
         raise InputError("no image sizes to plan from")
     if not groups:
         raise ProfileError(
             f"all {total} sizes are above the model's maximum size {hi[0]}x{hi[1]}: nothing a profile can serve"
         )
-    p = _Problem({s: (c, raw) for s, (c, raw) in groups.items()})
+    p = _Problem({s: tuple(g) for s, g in groups.items()})
     choices = []
     combo = [p.top]
     for k in range(1, max_profiles + 1):
         combo, exact, method = _solve(p, k, exhaustive_limit, combo)
-        choices.append(_describe(p, combo, k, exact, method))
+        choices.append(_describe(p, combo, k, exact, method, divisor, lo))
         if k >= len(p.sizes):
             break
     notes = []
@@ -394,7 +401,16 @@ def plan_profiles(
     return Plan(choices, total, skipped, divisor, lo, hi, len(p.sizes), mode, notes)
 
 
-def _describe(p: _Problem, combo: Sequence[int], k: int, exact: bool, method: str) -> Choice:
+def _range_min(raw: int, divisor: int, lo: int | None) -> int:
+    """A ranged profile's min side: the smallest raw side it serves floored to the divisor (the runtime
+    keeps an input whose raw size is inside a profile and pads it up to the divisor), at least the
+    model's valid minimum."""
+    v = max(divisor, raw // divisor * divisor)
+    return max(v, -(-lo // divisor) * divisor) if lo is not None else v
+
+
+def _describe(p: _Problem, combo: Sequence[int], k: int, exact: bool, method: str, divisor: int = 1,
+              lo: HW | None = None) -> Choice:
     combo = sorted(set(combo), key=lambda i: p.area[i])
     served = p.served(combo)
     assign = np.argmin(np.where(p.fits[combo], p.area[combo][:, None], np.inf), axis=0)
@@ -405,7 +421,8 @@ def _describe(p: _Problem, combo: Sequence[int], k: int, exact: bool, method: st
             continue
         size = p.cands[ci]
         cnt = p.count[members]
-        mh, mw = int(p.h[members].min()), int(p.w[members].min())
+        mh = _range_min(int(p.raw_h[members].min()), divisor, lo[0] if lo else None)
+        mw = _range_min(int(p.raw_w[members].min()), divisor, lo[1] if lo else None)
         top = members[np.argmax(cnt)]  # most frequent; ties: the smallest by area (sizes are area-sorted)
         served_px = float(p.area[ci] * cnt.sum())
         real_px = float(p.raw_px[members].sum())
@@ -436,3 +453,22 @@ def brute_force_cost(sizes: Iterable[HW], k: int, divisor: int = 1) -> float:
                 total += count * min(fit)
             best = min(best, total)
     return best
+
+
+def file_policy(path: str | os.PathLike | None) -> str | None:
+    """The ``policy`` a profiles file records (plans write ``pad``), or None."""
+    if path is None or not Path(path).is_file():
+        return None
+    import json
+
+    text = Path(path).read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return None
+    return data.get("policy") if isinstance(data, dict) else None

@@ -209,7 +209,13 @@ def bench(
     """Measure the bundle, the dynamic ONNX model (the bundle's model.onnx, or ``reference`` .onnx) and
     the PyTorch model (``reference`` module:factory) at each size; write bench.json/.md/.png to ``out``."""
     from mrdeploy.parity import _decision, default_sizes
-    from mrdeploy.references import OnnxReference, TorchReference, quiet_threads, split_references
+    from mrdeploy.references import (
+        OnnxReference,
+        TorchReference,
+        quiet_threads,
+        reference_label,
+        split_references,
+    )
     from mrdeploy.runtime import load
 
     t0 = time.perf_counter()
@@ -224,7 +230,7 @@ def bench(
     onnx_path, torch_spec = split_references(reference, checkpoint, bundle, manifest.source["artifact"])
     onnx_ref = OnnxReference(onnx_path, threads=threads, spin=spin)
     torch_ref = None
-    if torch_spec:
+    if torch_spec is not None:
         torch_ref = TorchReference(torch_spec, onnx_ref.input_names, onnx_ref.output_names,
                                    checkpoint=checkpoint, model_args=model_args, threads=threads, spin=spin)
     runner = load(bundle, threads=threads)
@@ -238,7 +244,7 @@ def bench(
     report = BenchReport(
         bundle=str(bundle), model=model.name, threads=threads, runs=runs, warmup=warmup, batch=batch, spin=spin,
         machine=machine_info(torch_ref is not None),
-        references={"onnx": str(onnx_path), "pytorch": torch_spec,
+        references={"onnx": str(onnx_path), "pytorch": reference_label(torch_spec),
                     "checkpoint": str(checkpoint) if checkpoint else None},
         profiles=[{"name": e.name, "backend": e.backend, "precision": e.precision,
                    **{k: list(next(iter(e.profile.inputs.values())).to_dict()[k]) for k in ("min", "opt", "max")}}
@@ -295,3 +301,8 @@ def bench(
     if out is not None:
         report.write(out, plot=plot)
     return report
+
+
+from mrdeploy import _make_callable  # noqa: E402  (mrdeploy.bench stays callable once imported)
+
+_make_callable(__name__)

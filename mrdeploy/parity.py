@@ -387,7 +387,13 @@ def parity(
     ``module:factory`` / ``path.py:factory`` PyTorch model (``checkpoint``, ``model_args``), or a list
     of both. ``data``: "digits", "shapes", an image directory or None (noise).
     """
-    from mrdeploy.references import OnnxReference, TorchReference, quiet_threads, split_references
+    from mrdeploy.references import (
+        OnnxReference,
+        TorchReference,
+        quiet_threads,
+        reference_label,
+        split_references,
+    )
     from mrdeploy.runtime import load
 
     t0 = time.perf_counter()
@@ -407,7 +413,7 @@ def parity(
     input_names = [i.name for i in model.inputs] or onnx_ref.input_names
     out_name = (model.outputs[0].name if model.outputs else onnx_ref.output_names[0])
     torch_ref = None
-    if torch_spec:
+    if torch_spec is not None:
         torch_ref = TorchReference(torch_spec, onnx_ref.input_names, onnx_ref.output_names,
                                    checkpoint=checkpoint, model_args=model_args, threads=threads)
     runner = load(bundle, threads=threads)
@@ -422,7 +428,7 @@ def parity(
     report = ParityReport(
         bundle=str(bundle), model=model.name, task=task, policy=bundle_policy, data=evaldata.name,
         labeled=evaldata.labeled, samples=evaldata.samples,
-        references={"onnx": str(onnx_path), "pytorch": torch_spec,
+        references={"onnx": str(onnx_path), "pytorch": reference_label(torch_spec),
                     "checkpoint": str(checkpoint) if checkpoint else None},
         profiles=[{"name": e.name, "backend": e.backend, "precision": e.precision,
                    **{k: list(next(iter(e.profile.inputs.values())).to_dict()[k]) for k in ("min", "opt", "max")}}
@@ -504,3 +510,8 @@ def _decision(runner, point: SizePoint, policy: str) -> tuple[str | None, str]:
     name = getattr(d, "profile", None) or getattr(d, "name", None)
     name = getattr(name, "name", name)
     return name, getattr(d, "action", "exact")
+
+
+from mrdeploy import _make_callable  # noqa: E402  (mrdeploy.parity stays callable once imported)
+
+_make_callable(__name__)

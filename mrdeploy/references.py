@@ -58,7 +58,7 @@ class TorchReference:
 
     def __init__(
         self,
-        spec: str,
+        spec,
         input_names: Sequence[str],
         output_names: Sequence[str],
         checkpoint: str | os.PathLike | None = None,
@@ -123,14 +123,28 @@ def is_onnx_path(spec: str | os.PathLike) -> bool:
     return str(spec).lower().endswith(".onnx")
 
 
-def split_references(reference, checkpoint, bundle: Path, source_artifact: str) -> tuple[Path, str | None]:
-    """``--reference`` values -> (the ONNX model to compare with, the PyTorch factory spec or None).
+def reference_label(spec) -> str | None:
+    """How a PyTorch reference is named in reports: its spec string, or the class of an nn.Module."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    return f"{type(spec).__name__} (nn.Module)"
+
+
+def split_references(reference, checkpoint, bundle: Path, source_artifact: str) -> tuple[Path, object]:
+    """``--reference`` values -> (the ONNX model to compare with, the PyTorch factory spec, an
+    nn.Module, or None).
 
     At most one ``.onnx`` (default: the bundle's source model) and one ``module:factory``;
     ``--checkpoint`` needs the factory."""
-    refs = [reference] if isinstance(reference, str | os.PathLike) else list(reference or [])
-    onnx_specs = [r for r in refs if is_onnx_path(r)]
-    torch_specs = [str(r) for r in refs if not is_onnx_path(r)]
+    if reference is None:
+        refs = []
+    elif isinstance(reference, str | os.PathLike) or not isinstance(reference, list | tuple):
+        refs = [reference]  # one path, spec, or an nn.Module given directly
+    else:
+        refs = list(reference)
+    is_path = lambda r: isinstance(r, str | os.PathLike)  # noqa: E731
+    onnx_specs = [r for r in refs if is_path(r) and is_onnx_path(r)]
+    torch_specs = [r if not is_path(r) else str(r) for r in refs if not (is_path(r) and is_onnx_path(r))]
     if len(onnx_specs) > 1 or len(torch_specs) > 1:
         raise InputError(f"reference: expected at most one .onnx model and one module:factory, got {refs}")
     if checkpoint and not torch_specs:

@@ -6,6 +6,8 @@
    - ``pad``: pad bottom/right to the smallest profile that holds the input (sizes rounded up to the
      divisor, at least the profile's min); spatial outputs are cropped back.
    - ``resize``: bilinear resize to the opt of the nearest profile; spatial outputs resized back.
+   - ``letterbox``: resize keeping the aspect ratio to fit the nearest profile's opt, pad the rest;
+     spatial outputs cropped to the content and resized back (runtime/fitting.py).
    - ``error``: an InputError naming the input size and every profile's range.
 """
 
@@ -18,7 +20,7 @@ from mrdeploy.errors import InputError
 from mrdeploy.runtime import profiles as P
 from mrdeploy.runtime.profiles import Profile
 
-POLICIES = ("pad", "resize", "error")
+POLICIES = ("pad", "resize", "letterbox", "error")
 Shape = tuple[int, ...]
 
 
@@ -31,10 +33,11 @@ class Decision:
     """The profile chosen for an input and what is done to the input to fit it."""
 
     profile: Profile
-    action: str  # "exact" | "pad" | "resize"
+    action: str  # "exact" | "pad" | "resize" | "letterbox"
     input_shapes: dict[str, Shape]
     served_shapes: dict[str, Shape]
     policy: str  # the policy in force ("exact" decisions do not use it)
+    content_shapes: dict[str, Shape] | None = None  # letterbox: the resized input inside the padding
 
     @property
     def profile_name(self) -> str:
@@ -47,6 +50,9 @@ class Decision:
             prefix = f"{name} " if len(self.input_shapes) > 1 else ""
             if self.action == "exact":
                 parts.append(f"{prefix}{_fmt(shape)}")
+            elif self.action == "letterbox":
+                inner = _fmt(self.content_shapes[name][-2:])
+                parts.append(f"{prefix}{_fmt(shape)} -> {inner} in {_fmt(served)}")
             else:
                 parts.append(f"{prefix}{_fmt(shape)} -> {_fmt(served)}")
         return f"profile {self.profile.describe()}: {self.action} {', '.join(parts)}"
@@ -100,7 +106,18 @@ def decide(
         p = P.nearest_by_opt(batch_fit, shapes)
         served = {n: (s[0], s[1], *p.inputs[n].opt[-2:]) for n, s in shapes.items()}
         return Decision(p, "resize", shapes, served, policy)
+    if policy == "letterbox":
+        p = P.nearest_by_opt(batch_fit, shapes)
+        served = {n: (s[0], s[1], *p.inputs[n].opt[-2:]) for n, s in shapes.items()}
+        return Decision(p, "letterbox", shapes, served, policy, {n: letterbox_shape(s, served[n]) for n, s in shapes.items()})
     raise _outside(profiles, shapes, "error", "")
+
+
+def letterbox_shape(shape: Shape, served: Shape) -> Shape:
+    """The size ``shape`` is resized to inside ``served``, keeping its aspect ratio (each side >= 1)."""
+    h, w = shape[-2:]
+    f = min(served[-2] / h, served[-1] / w)
+    return (*shape[:2], max(1, min(served[-2], round(h * f))), max(1, min(served[-1], round(w * f))))
 
 
 def _outside(profiles: Sequence[Profile], shapes: Mapping[str, Shape], policy: str, why: str) -> InputError:

@@ -42,17 +42,22 @@ SUPPORTED_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-POLICIES = ("pad", "resize", "error")
+POLICIES = ("pad", "resize", "letterbox", "error")
+PAD_MODES = ("zero", "reflect", "edge")
 
 
-def default_policy(task: str) -> str:
+def default_policy(task: str, outputs=()) -> str:
     """What the runtime does with a size no profile contains, when neither the user nor the manifest says.
 
     Classification: ``resize`` — padding puts a border into the global pooling and the attention, and
     moves the prediction (the demo's ViT on digits: 0.16 top-1 padded against 0.92 resized, outside
     the profiles). Segmentation and dense outputs: ``pad`` — the padded border is cropped off the output
-    and the pixels inside are served at their own scale.
+    and the pixels inside are served at their own scale. A model with spatial outputs (a tracker's
+    response map, even when its task says classification) gets ``pad`` too: resizing would change the
+    outputs' geometry (16x16 where PyTorch gives 12x12).
     """
+    if any(o.spatial for o in outputs):
+        return "pad"
     return "resize" if task == "classification" else "pad"
 
 
@@ -130,6 +135,7 @@ class Manifest:
     profiles: list[ProfileEntry]
     build: dict
     format_version: int = FORMAT_VERSION
+    pad_mode: str = "zero"  # how padded inputs are filled: zero | reflect | edge (runtime/fitting.py)
 
     def entry(self, name: str) -> ProfileEntry:
         for e in self.profiles:
@@ -150,6 +156,7 @@ class Manifest:
             "model": self.model.to_dict(),
             "source": dict(self.source),
             "policy": self.policy,
+            "pad_mode": self.pad_mode,
             "profiles": [e.to_dict() for e in self.profiles],
             "build": dict(self.build),
         }
@@ -167,7 +174,10 @@ class Manifest:
             model = ModelInfo.from_dict(d["model"])
         except (TypeError, ValueError, AttributeError, KeyError) as e:
             raise BundleError(f"{where}: model info does not parse: {e}") from None
-        policy = d.get("policy") or default_policy(model.task)
+        policy = d.get("policy") or default_policy(model.task, model.outputs)
+        pad_mode = d.get("pad_mode", "zero")
+        if pad_mode not in PAD_MODES:
+            raise BundleError(f"{where}: unknown pad_mode {pad_mode!r}, expected one of {', '.join(PAD_MODES)}")
         source = d["source"]
         entries = [ProfileEntry.from_dict(p, where) for p in d["profiles"]]
         seen: set[str] = set()
@@ -189,6 +199,7 @@ class Manifest:
             profiles=entries,
             build=dict(d.get("build") or {}),
             format_version=version,
+            pad_mode=pad_mode,
         )
 
     @classmethod

@@ -9,6 +9,7 @@ Normalization convention: pixels are scaled to [0, 1], then ``(x - mean) / std``
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -39,13 +40,36 @@ class InputInfo:
 
 @dataclass
 class OutputInfo:
+    """One model output. A spatial output's size follows one input (``source``) by the rule
+    ``out = floor((in + offset) * scale)`` per axis: ``scale`` 2 for a 2x super-resolution output, 1
+    for a same-size dense output, 1/16 for a stride-16 head; ``offset`` 0 floors like a kernel=stride
+    conv, ``1/scale - 1`` rounds up like a "same"-padded strided conv. Without ``scale`` (older
+    models): ``out = ceil(in / stride)``."""
+
     name: str
     spatial: bool = False  # H, W are the last two axes and follow the input's
     stride: int = 1  # input pixels per output pixel, for spatial outputs
+    scale: tuple[float, float] | None = None  # output pixels per input pixel (H, W)
+    offset: tuple[int, int] = (0, 0)  # added to the input size before scaling (H, W)
+    source: str | None = None  # the input whose size this output follows (None: the first)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> OutputInfo:
-        return cls(**dict(d))
+        d = dict(d)
+        if d.get("scale") is not None:
+            d["scale"] = tuple(float(v) for v in d["scale"])
+        if d.get("offset") is not None:
+            d["offset"] = tuple(int(v) for v in d["offset"])
+        return cls(**d)
+
+    def size_at(self, in_hw: tuple[int, int]) -> tuple[int, int]:
+        """The (H, W) this spatial output has when its source input is ``in_hw``."""
+        if self.scale is None:
+            st = max(1, int(self.stride or 1))
+            return (-(-int(in_hw[0]) // st), -(-int(in_hw[1]) // st))
+        return tuple(  # type: ignore[return-value]
+            max(1, math.floor((int(i) + o) * s + 1e-6)) for i, o, s in zip(in_hw, self.offset, self.scale)
+        )
 
 
 @dataclass

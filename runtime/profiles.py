@@ -250,8 +250,8 @@ def check_profile(
 ) -> None:
     """Raise ProfileError unless min <= opt <= max, sizes are on the divisor and inside the valid range."""
 
-    def per_input(v, name):
-        return v[name] if isinstance(v, Mapping) else v
+    def per_input(v, name):  # a dict may leave out inputs without that constraint
+        return v.get(name) if isinstance(v, Mapping) else v
 
     for name, r in profile.inputs.items():
         where = f"profile {profile.name!r}, input {name!r}"

@@ -13,12 +13,12 @@
 
 Inputs are normalized NCHW float32 arrays (``mrdeploy.runtime.images`` turns image files into them).
 float16 and float64 arrays are cast to float32 (no other dtype is accepted). Padding (policy ``pad``
-and sizes off the divisor) fills with 0 *after* normalization, i.e. with the dataset mean colour.
+and sizes off the divisor) fills with 0 *after* normalization, i.e. with the dataset mean colour, or
+reflects / repeats the edge (the bundle's ``pad_mode``); see runtime/fitting.py.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -31,10 +31,10 @@ import numpy as np
 from mrdeploy.errors import BundleError, InputError, MrdeployError
 from mrdeploy.runtime.backends.base import Engine, get_engine_class
 from mrdeploy.runtime.dispatch import POLICIES, Decision, decide
+from mrdeploy.runtime.fitting import fit_inputs, restore_outputs
 from mrdeploy.runtime.manifest import Manifest, ProfileEntry, verify_artifact, verify_artifacts
 from mrdeploy.runtime.modelinfo import OutputInfo
 from mrdeploy.runtime.profiles import Profile
-from mrdeploy.runtime.resize import resize_bilinear
 from mrdeploy.runtime.validate import bundle_file
 
 _CAST_OK = (np.dtype(np.float16), np.dtype(np.float64))
@@ -94,6 +94,7 @@ class Runner:
         self.entries: list[ProfileEntry] = list(entries)
         self._by_name = {e.name: e for e in self.entries}
         self.policy = policy if policy is not None else manifest.policy
+        self.pad_mode = getattr(manifest, "pad_mode", "zero")  # zero | reflect | edge
         if self.policy not in POLICIES:
             raise InputError(f"unknown policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
         if max_loaded is not None and int(max_loaded) < 1:
@@ -419,51 +420,10 @@ class Runner:
                 )
 
     def _fit(self, arrays: dict[str, np.ndarray], d: Decision) -> dict[str, np.ndarray]:
-        if d.action == "exact":
-            return arrays
-        out = {}
-        for name, a in arrays.items():
-            served = d.served_shapes[name]
-            if served == a.shape:
-                out[name] = a
-            elif d.action == "resize":
-                out[name] = resize_bilinear(a, served[-2:])
-            else:  # pad bottom/right with zeros (the mean colour, after normalization)
-                padded = np.zeros(served, dtype=a.dtype)
-                padded[:, :, : a.shape[2], : a.shape[3]] = a
-                out[name] = padded
-        return out
-
-    def _source_input(self, out_hw: tuple[int, int], stride: int, d: Decision) -> str:
-        """Which input a spatial output follows: the one whose served size / stride gives its size."""
-        for name, s in d.served_shapes.items():
-            h, w = s[-2:]
-            if tuple(out_hw) in ((math.ceil(h / stride), math.ceil(w / stride)), (h // stride, w // stride)):
-                return name
-        return self.input_names[0]
+        return fit_inputs(arrays, d, self.pad_mode)
 
     def _restore(self, outs: dict[str, np.ndarray], d: Decision) -> dict[str, np.ndarray]:
-        if d.action == "exact":
-            return outs
-        result = {}
-        for oname, y in outs.items():
-            info = self._outputs.get(oname)
-            if info is None or not info.spatial or y.ndim < 3:
-                result[oname] = y
-                continue
-            stride = max(1, int(info.stride or 1))
-            src = self._source_input(y.shape[-2:], stride, d)
-            h, w = d.input_shapes[src][-2:]
-            sh, sw = d.served_shapes[src][-2:]
-            if (h, w) == (sh, sw):
-                result[oname] = y
-            elif d.action == "pad":
-                result[oname] = np.ascontiguousarray(y[..., : math.ceil(h / stride), : math.ceil(w / stride)])
-            else:
-                oh, ow = y.shape[-2:]
-                size = (max(1, round(oh * h / sh)), max(1, round(ow * w / sw)))
-                result[oname] = resize_bilinear(y, size).astype(y.dtype, copy=False)
-        return result
+        return restore_outputs(outs, d, self._outputs, self.input_names)
 
 
 def load(

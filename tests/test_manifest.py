@@ -58,7 +58,7 @@ def test_round_trip(bundle, tmp_path):
         (lambda d: d.update(format_version=2), "unknown format_version: expected 1, got 2"),
         (lambda d: d.update(format="other"), "unknown format: expected 'mrdeploy-bundle', got 'other'"),
         (lambda d: d.pop("profiles"), "missing profiles"),
-        (lambda d: d.update(policy="crop"), "unknown policy 'crop', expected one of pad, resize, error"),
+        (lambda d: d.update(policy="crop"), "unknown policy 'crop', expected one of pad, resize, letterbox, error"),
         (lambda d: d["profiles"][0].update(backend="tflite"), "profile 'small': unknown backend 'tflite'"),
         (lambda d: d["profiles"][0].update(precision="int4"), "unknown precision 'int4'"),
         (lambda d: d["profiles"][0].update(artifact="../x.onnx"), "expected a path inside the bundle, got '../x.onnx'"),

@@ -20,7 +20,7 @@ import click
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of every call.")
 @click.option("--spin", is_flag=True, help="Let ONNX Runtime/OpenMP threads busy-wait between calls (their "
               "default; unfair when targets are interleaved on shared cores).")
-@click.option("--policy", type=click.Choice(["pad", "resize", "error"]), help="Override the bundle's policy.")
+@click.option("--policy", type=click.Choice(["pad", "resize", "letterbox", "error"]), help="Override the bundle's policy.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="bench-report", show_default=True,
               help="Directory for bench.json, bench.md and bench.png.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG.")

@@ -17,9 +17,12 @@ import click
 @click.option("--batch", help="Batch range MIN-MAX[@OPT], e.g. 1-8@1 (default 1).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "auto"]), default="fp32", show_default=True)
-@click.option("--policy", type=click.Choice(["pad", "resize", "error"]), default=None,
+@click.option("--policy", type=click.Choice(["pad", "resize", "letterbox", "error"]), default=None,
               help="What the runtime does with a size no profile contains [default: resize for "
-                   "classification, pad for segmentation/dense].")
+                   "classification, pad for segmentation/dense and any model with spatial outputs]; "
+                   "letterbox resizes keeping the aspect ratio and pads the rest.")
+@click.option("--pad-mode", type=click.Choice(["zero", "reflect", "edge"]), default="zero", show_default=True,
+              help="How padded inputs are filled (recorded in the manifest).")
 @click.option("--divisor", type=click.IntRange(min=1), help="Sizes must be multiples of this (models without mrdeploy metadata).")
 @click.option("--spatial-outputs", multiple=True, help="Outputs whose last two axes follow the input (NAME or NAME:STRIDE).")
 @click.option("--mean", help="Per-channel mean after scaling pixels to [0,1], e.g. 0.485,0.456,0.406.")
@@ -38,7 +41,7 @@ import click
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--force", is_flag=True, help="Replace another mrdeploy output at -o (a calibration output); an "
               "existing bundle is always replaced, a directory mrdeploy did not write never.")
-def command(model, output, profiles, profiles_file, batch, backend, precision, policy, divisor, spatial_outputs,
+def command(model, output, profiles, profiles_file, batch, backend, precision, policy, pad_mode, divisor, spatial_outputs,
             mean, std, min_size, max_size, workspace, timing_cache, hardware_compatible, threads, calib_data,
             calib_method, calib_samples, heldout_data, max_drop, quiet, force):
     """Build MODEL.onnx into a bundle: one engine per resolution profile (checked against the model)."""
@@ -46,7 +49,7 @@ def command(model, output, profiles, profiles_file, batch, backend, precision, p
 
     result = build_bundle(
         model, output, list(profiles), profiles_file=profiles_file, batch=batch, backend=backend,
-        precision=precision, policy=policy, divisor=divisor, spatial_outputs=list(spatial_outputs) or None,
+        precision=precision, policy=policy, pad_mode=pad_mode, divisor=divisor, spatial_outputs=list(spatial_outputs) or None,
         mean=mean, std=std, min_size=min_size, max_size=max_size, threads=threads, workspace=workspace,
         timing_cache=timing_cache, hardware_compatible=hardware_compatible, calib_data=calib_data,
         calib_method=calib_method, calib_samples=calib_samples, heldout_data=heldout_data, max_drop=max_drop, quiet=quiet,

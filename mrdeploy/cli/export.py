@@ -90,6 +90,16 @@ def _spatial(items):
     return out
 
 
+def _scales(items):
+    out = {}
+    for item in items:
+        name, sep, ratio = item.partition("=")
+        if not sep or not name or not ratio:
+            raise click.BadParameter(f"expected NAME=RATIO (e.g. sr=2, heatmap=1/4), got {item!r}", param_hint="--output-scale")
+        out[name.strip()] = ratio.strip()
+    return out or None
+
+
 @click.command("export")
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
@@ -109,6 +119,9 @@ def _spatial(items):
 @click.option("--output-names", help="Comma-separated output names (default logits / mask_logits / output).")
 @click.option("--spatial-output", "spatial_outputs", multiple=True, metavar="NAME[:STRIDE]",
               help="An output whose last two axes follow the input (default: inferred for segmentation/dense).")
+@click.option("--output-scale", "output_scales", multiple=True, metavar="NAME=RATIO",
+              help="A spatial output's size per input pixel, e.g. sr=2 or heatmap=1/4 (default: inferred by "
+                   "running the model at a few sizes).")
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
               help="auto: dynamo, falling back to TorchScript (the reason is printed).")
@@ -121,7 +134,7 @@ def _spatial(items):
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the result and sweep as JSON.")
 @click.option("--force", is_flag=True, help="Replace another mrdeploy output file at -o (never a file mrdeploy did not write).")
 def command(model, output, model_args, checkpoint, input_shapes, static, min_size, max_size, divisor, mean, std,
-            labels, task, name, output_names, spatial_outputs, opset, exporter, no_optimize, no_validate,
+            labels, task, name, output_names, spatial_outputs, output_scales, opset, exporter, no_optimize, no_validate,
             validate_sizes, atol, rtol, report, force):
     """Export MODEL (package.module:factory or path/to/file.py:factory) to ONNX with dynamic batch/H/W.
 
@@ -146,6 +159,7 @@ def command(model, output, model_args, checkpoint, input_shapes, static, min_siz
         name=name,
         output_names=[n.strip() for n in output_names.split(",")] if output_names else None,
         spatial_outputs=_spatial(spatial_outputs),
+        output_scale=_scales(output_scales),
         opset=opset,
         exporter=exporter,
         optimize=not no_optimize,

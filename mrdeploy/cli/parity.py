@@ -37,7 +37,7 @@ def parse_model_args(items: tuple[str, ...]) -> dict:
               "min/opt/max, between and outside the profiles).")
 @click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per size.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for every model (default: the libraries' default).")
-@click.option("--policy", type=click.Choice(["pad", "resize", "error"]), help="Override the bundle's policy.")
+@click.option("--policy", type=click.Choice(["pad", "resize", "letterbox", "error"]), help="Override the bundle's policy.")
 @click.option("--min-cosine", type=float, help="Fail when a cosine (vs the reference) is below this.")
 @click.option("--max-abs-error", type=float, help="Fail when a max abs error is above this.")
 @click.option("--max-top1-drop", type=float, help="Fail when top-1 accuracy drops more than this (labeled "

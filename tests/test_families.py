@@ -1,0 +1,119 @@
+"""The five paper families (six models) through export -> plan -> build fp32 and int8 -> parity:
+the bundle's outputs have PyTorch's shapes at every size (exact, off the divisor grid, between
+profiles), and fp32 values agree within 1e-4 relative where a size is served exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from examples.families.deploy import deploy
+from mrdeploy.runtime import load
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = deploy(name, root / name, calib_samples=4, int8_profiles=1)
+        return cache[name]
+
+    return get
+
+
+def _check(r):
+    for precision, rows in r["check"].items():
+        for row in rows:
+            assert row["shapes equal"], (precision, row)
+            if precision == "fp32" and row["action"] == "exact":
+                assert row["max rel"] <= 1e-4, row
+    assert {p for p in r["builds"]} == {"fp32", "int8"}
+    with load(r["builds"]["int8"]["path"]) as runner:
+        assert {e.precision for e in runner.entries} == {"int8"}
+    assert r["plan_profiles"] and "K" in r["plan"]
+
+
+@pytest.mark.parametrize("name", ["swin", "crossmax"])
+def test_classifiers(deployed, name):
+    r = deployed(name)
+    assert r["export"].sweep.passed
+    labels = {row.label for row in r["export"].sweep.rows}
+    assert {"odd", "prime"} <= labels  # no divisor given: sizes off every grid were tried
+    _check(r)
+    actions = {row["label"]: row["action"] for row in r["check"]["fp32"]}
+    assert actions["exact"] == "exact" and actions["between"] == "resize"
+
+
+def test_swin_is_exact_off_the_grid(deployed):
+    r = deployed("swin")
+    assert r["export"].model_info.inputs[0].divisor == 1 and r["export"].sweep.grid is None
+    rows = {row["label"]: row for row in r["check"]["fp32"]}
+    assert rows["off-grid"]["action"] == "exact" and rows["off-grid"]["max rel"] <= 1e-4
+
+
+def test_crossmax_pyramid_records_the_grid_it_is_exact_on(deployed):
+    r = deployed("crossmax")
+    assert r["export"].sweep.grid == 16 and r["export"].model_info.inputs[0].divisor == 16
+    assert any("multiples of 16" in n for n in r["export"].notes)
+    off = [row for row in r["export"].sweep.rows if not row.passed]
+    assert off and all(row.max_rel > 1e-4 for row in off)  # antialiasing off the grid really differs
+    rows = {row["label"]: row for row in r["check"]["fp32"]}
+    assert rows["off-divisor"]["action"] == "pad"  # 50x70 padded up to 64x64, served inside p0
+
+
+def test_navit_falls_back_to_torchscript_after_dynamo_fails_the_sweep(deployed):
+    r = deployed("navit")
+    assert r["export"].exporter == "torchscript"
+    assert r["export"].fallback_reason.startswith("dynamo's graph failed the sweep")
+    assert r["export"].sweep.passed
+    _check(r)
+    rows = {row["label"]: row for row in r["check"]["fp32"]}
+    assert rows["off-divisor"]["action"] == "pad" and rows["off-divisor"]["bundle shape"] == "1x10"
+
+
+def test_restoration_unet_keeps_the_input_size(deployed):
+    r = deployed("restore")
+    (o,) = r["export"].model_info.outputs
+    assert o.spatial and o.scale == (1.0, 1.0)
+    assert r["builds"]["fp32"]["policy"] == "pad"
+    _check(r)
+    rows = {row["label"]: row for row in r["check"]["fp32"]}
+    assert rows["odd"]["bundle shape"] == "1x3x45x61" and rows["between"]["bundle shape"] == "1x3x80x88"
+
+
+def test_super_resolution_returns_twice_the_input(deployed):
+    r = deployed("sr")
+    (o,) = r["export"].model_info.outputs
+    assert o.scale == (2.0, 2.0) and o.offset == (0, 0)
+    _check(r)
+    rows = {row["label"]: row for row in r["check"]["fp32"]}
+    assert rows["below"]["action"] == "pad" and rows["below"]["bundle shape"] == "1x3x80x80"  # was 40x40
+
+
+def test_lorat_tracker_heads_floor_like_pytorch(deployed):
+    r = deployed("lorat")
+    outs = {o.name: o for o in r["export"].model_info.outputs}
+    for name in ("score", "box"):
+        assert outs[name].source == "search" and outs[name].scale == (1 / 16, 1 / 16) and outs[name].offset == (0, 0)
+    assert r["builds"]["fp32"]["policy"] == "pad"  # spatial outputs: geometry kept
+    _check(r)
+    rows = {row["label"]: row for row in r["check"]["fp32"]}
+    assert rows["between"]["action"] == "pad" and rows["between"]["bundle shape"] == "1x1x12x12 1x4x12x12"
+    assert rows["off-stride"]["bundle shape"] == "1x1x9x10 1x4x9x10"  # floor(150/16) x floor(171/16)
+
+
+def test_parity_api_with_an_nn_module_reference_twice(deployed):
+    """mrdeploy.parity was the submodule after its first use, and parity(reference=nn.Module) failed."""
+    import mrdeploy
+
+    r = deployed("restore")
+    for _ in range(2):
+        rep = mrdeploy.parity(r["builds"]["fp32"]["path"], reference=r["model"], sizes="48x64", samples=2,
+                              plot=False, max_abs_error=1e-3)
+        onnx_row = next(row for row in rep.rows if row.target == "onnx")
+        assert onnx_row.reference == "pytorch" and onnx_row.max_abs < 1e-5
+        assert rep.references["pytorch"] == "UNet (nn.Module)"
