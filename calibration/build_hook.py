@@ -36,6 +36,8 @@ class CalibOptions:
     threads: int | None = None
 
     def __post_init__(self):
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise CalibrationError(f"--calib-samples must be at least 1, got {self.samples!r}")
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
             raise CalibrationError(f"--max-drop must be in [0, 1) (a fraction: 0.01 = 1 point), got {self.max_drop}")
 
