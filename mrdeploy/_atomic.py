@@ -33,8 +33,10 @@ from pathlib import Path
 from mrdeploy.errors import OutputError
 
 RUN_PREFIX = "mrdeploy-run-"
-KINDS = ("bundle", "calibration", "onnx", "profiles")
+KINDS = ("bundle", "calibration", "onnx", "profiles", "triton")
+TRITON_MARKER = "mrdeploy-triton.json"  # written by `mrdeploy triton` into the repository it writes
 _KIND_TEXT = {"bundle": "an mrdeploy bundle", "calibration": "an mrdeploy calibration output",
+              "triton": "a Triton repository written by `mrdeploy triton`",
               "onnx": "an ONNX model", "profiles": "a profiles file written by `mrdeploy profiles plan`"}
 PROFILES_HEADER = "# written by `mrdeploy profiles plan`"
 
@@ -229,6 +231,8 @@ def kind_of(path: str | os.PathLike) -> str | None:
             return "bundle"
         if any(e.name.endswith(".calib.json") and _json_format(e) == "mrdeploy-calibration-record" for e in entries):
             return "calibration"
+        if (p / TRITON_MARKER).is_file():
+            return "triton"
         return None
     if p.is_file():
         if p.stat().st_size == 0:

@@ -22,12 +22,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrdeploy._atomic import atomic_dir
+from mrdeploy._atomic import TRITON_MARKER, atomic_dir
 from mrdeploy.errors import BundleError, InputError
 from mrdeploy.runtime.manifest import MANIFEST_NAME, Manifest, ProfileEntry, verify_artifacts
 from mrdeploy.triton import config as C
 
-MARKER = "mrdeploy-triton.json"
+MARKER = TRITON_MARKER
 FRONT_SPEC = "mrdeploy_front.json"
 
 
@@ -179,7 +179,7 @@ def write_repository(
             raise BundleError(f"{io_source} is missing: the output shapes of TensorRT plans are read from it")
         io_source = bundle / onnx_entries[0].artifact if onnx_entries else io_source
     repo = Repository(out, front, embedded=embedded)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "triton") as tmp:
         input_dtypes: dict[str, dict[str, str]] = {}
         if not embedded:
             for e in manifest.profiles:
