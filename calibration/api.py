@@ -31,6 +31,12 @@ DEFAULT_HELDOUT = 32
 DEFAULT_METHOD = "minmax"  # entropy clipped the example models' ranges and kept 13 nodes float where minmax kept 5
 MIN_IMAGES = 2
 
+
+def check_max_drop(max_drop: float | None) -> None:
+    """The accuracy budget is a fraction in [0, 1) (0.03 = 3 points), or None for no budget."""
+    if max_drop is not None and not 0 <= max_drop < 1:
+        raise CalibrationError(f"--max-drop must be in [0, 1) (a fraction: 0.01 = 1 point), got {max_drop}")
+
 # precision=auto serves INT8 only when it is at least this much faster than FP32 at the opt shape:
 # INT8 costs some accuracy, and a smaller gain from a short side-by-side timing is within its noise.
 AUTO_MIN_SPEEDUP = 1.05
@@ -212,8 +218,7 @@ def calibrate_profile(
     activation_type(target)  # validates target
     if precision not in ("int8", "auto"):
         raise CalibrationError(f"calibration precision {precision!r}: expected int8 or auto")
-    if max_drop is not None and not 0 <= max_drop < 1:
-        raise CalibrationError(f"--max-drop must be in [0, 1) (a fraction: 0.01 = 1 point), got {max_drop}")
+    check_max_drop(max_drop)
     model_path = Path(model_path)
     with tempfile.TemporaryDirectory(prefix="mrdeploy-calib-", dir=run_tempdir()) as tmp:
         work = Path(tmp)
@@ -422,8 +427,7 @@ def calibrate(
     if not resolved:
         raise CalibrationError("no profiles to calibrate: give at least one --profile")
     channels = info.inputs[0].channels if info.inputs else 3
-    if max_drop is not None and not 0 <= max_drop < 1:
-        raise CalibrationError(f"--max-drop must be in [0, 1) (a fraction: 0.01 = 1 point), got {max_drop}")
+    check_max_drop(max_drop)
     cset = load_data(data, samples, seed, heldout, channels, need_heldout=max_drop is not None)
     source_fp = sha256_file(model_path)
     results = []

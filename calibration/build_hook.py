@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrdeploy._atomic import run_tempdir
-from mrdeploy.calibration.api import DEFAULT_METHOD, ProfileCalibration, calibrate_profile, load_data
+from mrdeploy.calibration.api import (
+    DEFAULT_METHOD,
+    ProfileCalibration,
+    calibrate_profile,
+    check_max_drop,
+    load_data,
+)
 from mrdeploy.calibration.cache import sha256_file
 from mrdeploy.errors import CalibrationError
 from mrdeploy.runtime.profiles import Profile
@@ -38,8 +44,7 @@ class CalibOptions:
     def __post_init__(self):
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise CalibrationError(f"--calib-samples must be at least 1, got {self.samples!r}")
-        if self.max_drop is not None and not 0 <= self.max_drop < 1:
-            raise CalibrationError(f"--max-drop must be in [0, 1) (a fraction: 0.01 = 1 point), got {self.max_drop}")
+        check_max_drop(self.max_drop)
 
 
 _DATA_CACHE: dict[tuple, object] = {}

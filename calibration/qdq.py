@@ -210,14 +210,13 @@ def keep_float(qdq, fp32, names) -> object:
             return True
         return tensor in producer and producer[tensor].name == fp32_producer.get(tensor)
 
-    fp32_by_name = fp32_nodes
     recreated: dict[str, str] = {}
     new_nodes: list = []
 
     def folded_activation(tensor: str) -> bool:
         """ORT folded the activation making ``tensor`` (Relu, Clip) into the quantizer after the node
         before it, which now writes ``tensor`` unclipped."""
-        act = fp32_by_name.get(fp32_producer.get(tensor, ""))
+        act = fp32_nodes.get(fp32_producer.get(tensor, ""))
         if act is None or act.op_type not in ("Relu", "Clip") or tensor not in producer:
             return False
         return producer[tensor].name == fp32_producer.get(act.input[0])
@@ -225,7 +224,7 @@ def keep_float(qdq, fp32, names) -> object:
     def refloat(tensor: str) -> str:
         """The folded activation again, in float, on the unclipped tensor."""
         if tensor not in recreated:
-            act = fp32_by_name[fp32_producer[tensor]]
+            act = fp32_nodes[fp32_producer[tensor]]
             for extra in act.input[1:]:
                 if extra and extra in fp32_inits and extra not in have and extra not in available:
                     m.graph.initializer.append(fp32_inits[extra])
