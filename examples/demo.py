@@ -8,8 +8,10 @@ shown live and saved. Steps: export with the resolution sweep; a folder of PNGs 
 ``profiles plan`` on it; ``build-engine`` with ``--precision auto`` and 3 profiles; ``inspect``; ``run``
 on held-out digit images of 5 sizes (one outside every profile); ``parity`` on labeled digits against
 PyTorch and the ONNX model, then again at the sizes outside every profile with ``--policy pad`` to
-compare with the bundle's ``resize``; ``bench`` against the dynamic ONNX model and PyTorch eager. The report
-folder gets README.md (tables, plots, every command with its output) and each step's output.
+compare with the bundle's ``resize``; ``bench`` against the dynamic ONNX model and PyTorch eager. Then a
+real pretrained CNN on real photos (EfficientNet-Lite1, examples/demo_real.py; ``--no-real`` skips it):
+export, plan, INT8 per profile with the accuracy budget, parity, bench. The report folder gets README.md
+(tables, plots, every command with its output) and each step's output.
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ class Demo:
         if bench_md.is_file():
             lines += ["## Latency per resolution", "", *_bench_intro(bench_md.read_text()), "",
                       *_section(bench_md.read_text(), "## Latency p50 per size", "bench/"), ""]
+        from examples import demo_real
+
+        lines += demo_real.report_lines(self.out, _section, _bundle_table)
         lines += ["## Every command and its output", ""]
         for s in self.steps:
             out = s.output.splitlines()
@@ -335,12 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="report", help="Report directory (default: report/).")
     ap.add_argument("--quick", action="store_true", help="Fewer images, samples and runs (for tests).")
     ap.add_argument("--onnx", help="Use this exported ViT (from `mrdeploy export`) instead of step 1.")
+    ap.add_argument("--no-real", action="store_true",
+                    help="Skip the second part (EfficientNet-Lite1 on real photos, examples/demo_real.py).")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out = out if out.is_absolute() else (Path.cwd() / out)
     out.mkdir(parents=True, exist_ok=True)
     q = args.quick
-    demo = Demo(out, q, total_steps=10)
+    demo = Demo(out, q, total_steps=10 if args.no_real else 16)
     notes = []
     ckpt = ROOT / CHECKPOINT
     model_args = ["--model-arg", "num_classes=10"]
@@ -412,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         "bench", rel(bundle), "--reference", FACTORY, *model_args, *ckpt_args, "--threads", "2",
         "--runs", "3" if q else "30", "--warmup", "1" if q else "3", "-o", rel(out / "bench"),
     ])
+    if not args.no_real:
+        from examples import demo_real
+
+        demo_real.run(demo, out)
     readme = demo.write_readme(notes=notes)
     total = time.perf_counter() - demo.t0
     print(f"\ndone in {total:.0f} s: {rel(readme)} (tables, plots, every command's output)", flush=True)

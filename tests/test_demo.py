@@ -14,7 +14,7 @@ from examples import demo
 @pytest.fixture(scope="module")
 def report_dir(exported, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "report"
-    assert demo.main(["--out", str(out), "--quick", "--onnx", str(exported("vit"))]) == 0
+    assert demo.main(["--out", str(out), "--quick", "--no-real", "--onnx", str(exported("vit"))]) == 0
     return out
 
 
