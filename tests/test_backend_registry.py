@@ -180,11 +180,11 @@ def test_cli_reads_the_registry(toy, conv, tmp_path, capsys):
 
 
 def test_unregistered_backend_is_refused_everywhere(conv, tmp_path, capsys):
-    with pytest.raises(ExportError, match=r"backend: unknown backend 'toy-numpy', expected one of onnxruntime, tensorrt"):
+    with pytest.raises(ExportError, match=r"backend: unknown backend 'toy-numpy', expected one of onnxruntime, tensorrt, openvino"):
         build_bundle(conv, tmp_path / "b", ["64"], backend="toy-numpy")
     with pytest.raises(SystemExit):
         main(["build-engine", str(conv), "-o", str(tmp_path / "b"), "--profile", "64", "--backend", "toy-numpy"])
-    assert "'toy-numpy' is not one of 'onnxruntime', 'tensorrt'" in capsys.readouterr().err
+    assert "'toy-numpy' is not one of 'onnxruntime', 'tensorrt', 'openvino'" in capsys.readouterr().err
     # a bundle built while the backend was registered is refused once it is not
     register_backend(NumpyBackend)
     try:
@@ -200,6 +200,6 @@ def test_backend_precisions_and_calibration_targets_come_from_the_registry(toy, 
 
     with pytest.raises(ExportError, match="precision: backend 'toy-numpy' builds fp32, got 'fp16'"):
         build_bundle(conv, tmp_path / "b", ["64"], backend="toy-numpy", precision="fp16")
-    assert targets() == ["onnxruntime", "tensorrt"]  # toy-numpy takes no Q/DQ model
-    with pytest.raises(CalibrationError, match="calibration target 'toy-numpy': expected one of onnxruntime, tensorrt"):
+    assert targets() == ["onnxruntime", "tensorrt", "openvino"]  # toy-numpy takes no Q/DQ model
+    with pytest.raises(CalibrationError, match="calibration target 'toy-numpy': expected one of onnxruntime, tensorrt, openvino"):
         target_backend("toy-numpy")

@@ -32,7 +32,7 @@ from mrdeploy.cli import choices
 @click.option("--metric", type=click.Choice(["top1", "pixel", "cosine"]), default=None,
               help="Budget metric [default: top1 for classification, pixel for segmentation, else cosine].")
 @click.option("--target", type=choices.calibration_targets(), default="onnxruntime", show_default=True,
-              help="Backend the Q/DQ model is for: onnxruntime = uint8 asymmetric activations, "
+              help="Backend the Q/DQ model is for: onnxruntime and openvino = uint8 asymmetric activations, "
                    "tensorrt = int8 symmetric activations.")
 @click.option("--sizes", "size_mode", type=click.Choice(["spread", "opt", "random"]), default="spread",
               show_default=True, help="Sizes each sample is resized to inside the profile.")

@@ -22,6 +22,7 @@ from mrdeploy.errors import BackendUnavailable, MrdeployError
 _REGISTRY: dict[str, str | type] = {
     "onnxruntime": "mrdeploy.runtime.backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "mrdeploy.runtime.backends.tensorrt:TensorRTBackend",
+    "openvino": "mrdeploy.runtime.backends.openvino:OpenVINOBackend",
 }
 
 
