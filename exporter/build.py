@@ -103,10 +103,10 @@ def _quantize_profile(source: SourceModel, model, profile: Profile, *, precision
     return quantize_for_build(source.path, model, profile, precision=precision, backend=backend, options=options)
 
 
-def _check(kind: str, ok_rows: list, profile: Profile, table: str) -> None:
+def _check(kind: str, ok_rows: list, profile: Profile, table: str, reference: str = "source ONNX") -> None:
     if not all(r.ok for r in ok_rows):
         raise ExportError(
-            f"profile {profile.name!r}: the {kind} model does not match the source ONNX model; no bundle written\n"
+            f"profile {profile.name!r}: the {kind} model does not match the {reference} model; no bundle written\n"
             + table
         )
 
@@ -221,11 +221,13 @@ def build_bundle(
                     if calibration:
                         result.notes.extend(f"{profile.name}: {n}" for n in calibration.get("notes", []))
 
-                def check(candidate, atol, rtol, min_cosine, what=None, _profile=profile, _prec=prec):
-                    rows = check_specialized(src_session, candidate, _profile, atol=atol, rtol=rtol,
+                def check(candidate, atol, rtol, min_cosine, what=None, reference=None, _profile=profile, _prec=prec):
+                    ref = src_session if reference is None else cpu_session(reference, check_threads)
+                    rows = check_specialized(ref, candidate, _profile, atol=atol, rtol=rtol,
                                              min_cosine=min_cosine, threads=check_threads)
                     result.check_rows.extend(rows)
-                    _check(what or f"{_prec} specialized", rows, _profile, format_check_table(rows))
+                    kind = "source ONNX" if reference is None else "ONNX"
+                    _check(what or f"{_prec} specialized", rows, _profile, format_check_table(rows), kind)
                     return rows
 
                 built: BuiltProfile = builder.build_profile(ProfileBuild(

@@ -17,7 +17,7 @@ pytest.importorskip("openvino")
 
 import mrdeploy.runtime as rt  # noqa: E402
 from mrdeploy.cli import main  # noqa: E402
-from mrdeploy.errors import BackendUnavailable, BundleError  # noqa: E402
+from mrdeploy.errors import BackendUnavailable, BundleError, ExportError  # noqa: E402
 from mrdeploy.exporter.build import build_bundle  # noqa: E402
 from mrdeploy.exporter.specialize import cpu_session  # noqa: E402
 from mrdeploy.runtime.backends import openvino as ovb  # noqa: E402
@@ -88,6 +88,8 @@ def test_int8_bundle_agrees_with_the_source_on_real_digits(bundles, digits):
     assert all(e.calibration["target"] == "openvino" and e.calibration["activation_type"] == "uint8 asymmetric"
                for e in m.profiles)
     assert "FakeQuantize" in (path / "profiles/m.xml").read_text()  # OpenVINO runs the Q/DQ model in int8
+    # the IR was checked against ONNX Runtime running the Q/DQ model it came from
+    assert all(e.options["check"]["min_cosine"] >= 0.999 for e in m.profiles)
     src = cpu_session(model)
     with rt.load(path, threads=1) as r:
         info = r.model.inputs[0]
@@ -99,6 +101,14 @@ def test_int8_bundle_agrees_with_the_source_on_real_digits(bundles, digits):
             agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
             cos = float(np.sum(ref * got) / np.linalg.norm(ref) / np.linalg.norm(got))
             assert agree >= 0.85 and cos >= 0.98, (size, agree, cos)
+
+
+def test_an_ir_that_does_not_match_stops_the_build(exported, tmp_path, monkeypatch):
+    run = ovb._IRSession.run
+    monkeypatch.setattr(ovb._IRSession, "run", lambda self, names, feeds: [y + 0.01 for y in run(self, names, feeds)])
+    with pytest.raises(ExportError, match="profile 'm': the fp32 OpenVINO IR model does not match the source ONNX model"):
+        build_bundle(exported("cnn"), tmp_path / "b", ["m=64"], backend="openvino", quiet=True)
+    assert not (tmp_path / "b").exists()
 
 
 def test_concurrent_calls_give_the_sequential_answers(bundles):
@@ -162,8 +172,6 @@ def test_bf16_refused_on_a_cpu_without_it(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(ovb, "cpu_has_bf16", lambda: False)
     with pytest.raises(BackendUnavailable, match="precision bf16: expected a CPU with bf16 instructions"):
         build_bundle(exported("cnn"), tmp_path / "b", ["48"], backend="openvino", precision="bf16")
-    from mrdeploy.errors import ExportError
-
     with pytest.raises(ExportError, match="precision: backend 'openvino' builds fp32, bf16, int8, auto, got 'fp16'"):
         build_bundle(exported("cnn"), tmp_path / "b", ["48"], backend="openvino", precision="fp16")
 

@@ -35,8 +35,10 @@ class ProfileBuild:
     """What one build stage gets: the model to turn into an artifact (the fp32 specialized model, or the
     Q/DQ model for int8), its profile and precision, the bundle's temporary directory, the threads the
     user asked for, ``fp32_rows`` (the fp32 specialized model's check against the source, or None when
-    it was not checked) and ``check(model, atol, rtol, min_cosine) -> rows``, which runs a model against
-    the source at min/opt/max and raises ExportError naming the profile when it does not match."""
+    it was not checked) and ``check(candidate, atol, rtol, min_cosine, what=None, reference=None) -> rows``,
+    which runs ``candidate`` (a ModelProto, or anything with ONNX Runtime's ``run(names, feeds)``) against
+    the source at min/opt/max on random inputs (or against ``reference``, an ONNX model, e.g. the Q/DQ
+    model a backend converted) and raises ExportError naming the profile when it does not match."""
 
     model: object
     profile: object
