@@ -39,9 +39,11 @@ from mrdeploy.runtime.manifest import ProfileEntry
 INSTALL = "pip install 'mrdeploy[openvino]'"
 HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}  # INFERENCE_PRECISION_HINT per manifest precision
 BF16_TOLERANCES = (0.1, 0.1, 0.99)  # (atol, rtol, min cosine) of a bf16 IR against the fp32 source
-# an int8 IR against ONNX Runtime running the same Q/DQ model: the example CNN gave max abs 0.004-0.006
-# on logits of magnitude ~6 and cosine 0.9999998 (rounding of requantized values differs by one step)
-INT8_TOLERANCES = (0.05, 0.05, 0.999)
+# an int8 IR against ONNX Runtime running the same Q/DQ model, on random inputs: each requantization may
+# round one step apart in the two runtimes' kernels, and a deep net accumulates it (example CNN: max abs
+# 0.006, cosine 0.9999998; EfficientNet-Lite1 at 224: max abs 0.13 on logits, cosine 0.9994). The check
+# catches a broken conversion (layout, shapes, quantization semantics), so it rests on the cosine.
+INT8_TOLERANCES = (0.5, 1.0, 0.99)
 
 
 def installed_version() -> str | None:
