@@ -203,3 +203,26 @@ def test_backend_precisions_and_calibration_targets_come_from_the_registry(toy, 
     assert targets() == ["onnxruntime", "tensorrt", "openvino"]  # toy-numpy takes no Q/DQ model
     with pytest.raises(CalibrationError, match="calibration target 'toy-numpy': expected one of onnxruntime, tensorrt, openvino"):
         target_backend("toy-numpy")
+
+
+def test_further_files_go_through_the_one_path_rule(toy, conv, tmp_path):
+    path = build_bundle(conv, tmp_path / "b", ["s=64"], backend="toy-numpy", quiet=True).path
+    raw = json.loads((path / "manifest.json").read_text())
+
+    def with_files(files):
+        raw["profiles"][0]["files"] = files
+        (path / "manifest.json").write_text(json.dumps(raw))
+
+    good = raw["profiles"][0]["files"]
+    with_files([{"path": "../s.npz", "sha256": good[0]["sha256"]}])
+    with pytest.raises(BundleError, match=r"profile 's': file: expected a path inside the bundle, got '../s.npz'"):
+        rt.load(path)
+    with_files([{"path": "profiles/s.npz", "sha256": "abc"}])
+    with pytest.raises(BundleError, match=r"profile 's': file 'profiles/s.npz' sha256: expected a sha256"):
+        rt.load(path)
+    with_files(good)
+    (path / "profiles/s.npz").unlink()
+    with pytest.raises(BundleError, match=r"profile 's': artifact .*profiles/s.npz is missing"):
+        rt.load(path)
+    with pytest.raises(BundleError, match=r"profile 's': artifact .*profiles/s.npz is missing"):
+        rt.load(path, verify=False)(np.ones((1, 3, 64, 64), np.float32))

@@ -36,7 +36,7 @@ from mrdeploy.cli import choices
 @click.option("--workspace", type=click.IntRange(min=1), help="TensorRT workspace limit in MiB (default 1024).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file: read if present, updated after the build.")
 @click.option("--hardware-compatible", is_flag=True, help="TensorRT engines that run on any Ampere or newer GPU.")
-@click.option("--threads", type=click.IntRange(min=0), help="ONNX Runtime intra-op threads recorded in the bundle (0: ORT's default).")
+@click.option("--threads", type=click.IntRange(min=0), help="Inference threads recorded in the bundle (ONNX Runtime intra-op threads, OpenVINO INFERENCE_NUM_THREADS; 0: the backend's default).")
 @click.option("--calib-data", type=click.Path(), help="Calibration images (int8/auto).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None, help="INT8 calibration method (int8/auto) [default: minmax, which kept the examples closest to FP32].")
 @click.option("--calib-samples", type=click.IntRange(min=1), help="Calibration images per profile (int8/auto) [default: 64, or all when fewer].")
