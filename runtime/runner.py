@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mrdeploy.errors import BundleError, InputError, MrdeployError
-from mrdeploy.runtime.backends.base import Engine, get_engine_class
+from mrdeploy.runtime.backends.base import Engine
 from mrdeploy.runtime.backends.registry import get_backend
 from mrdeploy.runtime.dispatch import POLICIES, Decision, decide
 from mrdeploy.runtime.fitting import fit_inputs, restore_outputs
@@ -285,8 +285,7 @@ class Runner:
 
     def _create(self, name: str) -> Engine:
         entry = self._by_name[name]
-        get_engine_class(entry.backend)  # BundleError for a backend not registered here
-        backend = get_backend(entry.backend)
+        backend = get_backend(entry.backend)  # registered: the manifest was validated against the registry
         # hashed again as the engine loads (with verify): a file replaced after load() is not served
         path = verify_entry_files(self.bundle_dir, entry, self.verify)
         options = backend.engine_options({"providers": self.providers, "threads": self.threads})

@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from mrdeploy.errors import BundleError
-from mrdeploy.runtime.backends.registry import backend_names, get_backend, register_backend
+from mrdeploy.runtime.backends.registry import (
+    backend_names,
+    check_backend_name,
+    get_backend,
+    register_backend,
+)
 from mrdeploy.runtime.manifest import ProfileEntry
 
 __all__ = ["Engine", "backend_names", "get_engine_class", "numpy_dtype", "register_backend"]
@@ -59,8 +64,7 @@ class Engine:
 def get_engine_class(name: str) -> type[Engine]:
     """The Engine class of a registered backend; BundleError for an unknown name. Importing the class does
     not import the backend library (that happens when an engine is created)."""
-    if name not in backend_names():
-        raise BundleError(f"unknown backend {name!r}: expected one of {', '.join(backend_names())}")
+    check_backend_name(name, "backend", BundleError)
     return get_backend(name).engine_class()
 
 

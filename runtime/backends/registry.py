@@ -167,8 +167,7 @@ def backend_names() -> list[str]:
 
 def get_backend(name: str) -> type[Backend]:
     """The Backend class registered as ``name``; UnknownBackend naming the registered ones otherwise."""
-    if name not in _REGISTRY:
-        raise UnknownBackend(f"unknown backend {name!r}: expected one of {', '.join(_REGISTRY)}")
+    check_backend_name(name)
     cls = _resolve(_REGISTRY[name], f"backend {name!r}")
     _REGISTRY[name] = cls
     return cls
