@@ -78,7 +78,10 @@ def test_fp32_bundle_matches_the_source_at_exact_sizes(bundles):
             assert (info.decision.profile_name, info.decision.action) == (name, "exact")
             got = next(iter(out.values()))
             assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
-        assert type(r._engines["s"]).__name__ == "OvEngine"
+        compiled = r._engines["s"].compiled  # compiled as the manifest and load(threads=1) say
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        assert str(compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+        assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
 
 
 def test_int8_bundle_agrees_with_the_source_on_real_digits(bundles, digits):
