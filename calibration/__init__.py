@@ -14,12 +14,11 @@ from mrdeploy.calibration.api import (
     resolve_profiles,
 )
 from mrdeploy.calibration.cache import load_cache, read_trt_cache
-from mrdeploy.calibration.qdq import TARGETS
+from mrdeploy.calibration.qdq import targets
 from mrdeploy.calibration.ranges import METHODS
 
 __all__ = [
     "METHODS",
-    "TARGETS",
     "CalibrationResult",
     "CalibrationSet",
     "ProfileCalibration",
@@ -28,5 +27,6 @@ __all__ = [
     "load_cache",
     "load_data",
     "read_trt_cache",
+    "targets",
     "resolve_profiles",
 ]

@@ -20,7 +20,7 @@ from mrdeploy.calibration.budget import Budget, fit_budget
 from mrdeploy.calibration.cache import sha256_file, write_cache
 from mrdeploy.calibration.evaluate import Scorer, latency, metric_for
 from mrdeploy.calibration.preprocess import eval_sizes, prepare, profile_sizes
-from mrdeploy.calibration.qdq import activation_type, keep_float, reduce_range, write_qdq
+from mrdeploy.calibration.qdq import activation_type, keep_float, reduce_range, symmetric, write_qdq
 from mrdeploy.calibration.ranges import METHODS, amax, compute_ranges, to_jsonable
 from mrdeploy.calibration.sources import Item, load_samples, take
 from mrdeploy.errors import CalibrationError
@@ -150,7 +150,7 @@ class ProfileCalibration:
             "method": self.method,
             "percentile": self.percentile,
             "target": self.target,
-            "activation_type": "uint8 asymmetric" if self.target == "onnxruntime" else "int8 symmetric",
+            "activation_type": "int8 symmetric" if symmetric(self.target) else "uint8 asymmetric",
             "weight_type": "int8 symmetric per-channel" + (
                 "" if self.weight_bits == 8 else f", {self.weight_bits}-bit range (reduce_range: CPU without VNNI)"),
             "weight_bits": self.weight_bits,
@@ -238,7 +238,7 @@ def calibrate_profile(
 
         batch = graph.batch_limits(graph.load(src), set(profile.inputs))
         calib_feeds = [feed(it, sizes[k], f"calibration sample {k}") for k, it in enumerate(cset.calib)]
-        ranges = compute_ranges(src, calib_feeds, method, symmetric=target == "tensorrt",
+        ranges = compute_ranges(src, calib_feeds, method, symmetric=symmetric(target),
                                 percentile=percentile, desc=f"calibrating {profile.name}",
                                 batch=batch)
         ranges_json = to_jsonable(ranges)

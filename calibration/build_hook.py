@@ -89,7 +89,10 @@ def quantize_for_build(source_path: str | Path, model, profile: Profile, *, prec
             f"precision {precision!r} needs INT8 calibration data: give --calib-data DIR|FILE.npz|module:callable "
             "(images at the sizes your inputs really have)"
         )
-    target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+    from mrdeploy.runtime.backends.registry import get_backend
+
+    target = backend  # the backend's qdq_activations pick the activation scheme (calibration/qdq.py)
+    measured = get_backend(backend).auto_measured  # auto: calibration times fp32 against int8 with ORT
     channels = next(iter(profile.inputs.values())).opt[1]
     with tempfile.TemporaryDirectory(prefix="mrdeploy-int8-", dir=run_tempdir()) as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
@@ -99,11 +102,11 @@ def quantize_for_build(source_path: str | Path, model, profile: Profile, *, prec
             qdq_path=Path(tmp) / "int8.onnx", cache_path=Path(tmp) / "int8.calib",
             method=options.method, samples=options.samples, seed=options.seed, target=target,
             max_drop=options.max_drop,
-            precision="auto" if precision == "auto" and backend == "onnxruntime" else "int8",
+            precision="auto" if precision == "auto" and measured else "int8",
             threads=options.threads, source_fingerprint=sha256_file(source_path), reference_path=source_path,
         )
         measurements = result.measurements
-        if precision == "auto" and backend != "onnxruntime":
+        if precision == "auto" and not measured:
             measurements = {"choice": "int8", "reason": f"{backend}: INT8 within the budget; not timed on this machine"}
         calibration = result.to_dict()
         calibration.pop("cache", None)

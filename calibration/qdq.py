@@ -1,9 +1,10 @@
 """Write the explicit-quantization (Q/DQ) ONNX model from activation ranges.
 
-Activation types follow the target backend: ``onnxruntime`` gets asymmetric uint8 activations (its CPU
-kernels are fast for those; symmetric int8 activations run slower than FP32 there), ``tensorrt`` gets
-symmetric int8 activations (what TensorRT's explicit quantization takes). Weights are int8, symmetric,
-per channel, for both; for ``onnxruntime`` on a CPU without VNNI they use 7 of the 8 bits
+The calibration target is a backend of the registry; its ``qdq_activations`` picks the activation type:
+``uint8`` asymmetric (``onnxruntime``, whose CPU kernels are fast for those, symmetric int8 activations
+running slower than FP32 there; ``openvino``) or ``int8`` symmetric (``tensorrt``: what TensorRT's
+explicit quantization takes). Weights are int8, symmetric, per channel, for every target; for a backend
+with ``qdq_reduce_range`` (ONNX Runtime) on a CPU without VNNI they use 7 of the 8 bits
 (:func:`reduce_range`).
 """
 
@@ -17,17 +18,38 @@ import numpy as np
 
 from mrdeploy._atomic import run_tempdir
 from mrdeploy.calibration.ranges import _quiet_ort, ort_method
-from mrdeploy.errors import CalibrationError
+from mrdeploy.errors import CalibrationError, MrdeployError
+from mrdeploy.runtime.backends.registry import backend_names, get_backend
 
-TARGETS = ("onnxruntime", "tensorrt")
+
+def targets() -> list[str]:
+    """The registered backends that take Q/DQ models (their ``qdq_activations`` is set)."""
+    out = []
+    for name in backend_names():
+        try:
+            if get_backend(name).qdq_activations:
+                out.append(name)
+        except MrdeployError:  # a registered backend whose module does not import here
+            continue
+    return out
+
+
+def target_backend(target: str):
+    """The registry's Backend class for a calibration target; CalibrationError naming the targets."""
+    if target not in backend_names() or not get_backend(target).qdq_activations:
+        raise CalibrationError(f"calibration target {target!r}: expected one of {', '.join(targets())}")
+    return get_backend(target)
+
+
+def symmetric(target: str) -> bool:
+    """Symmetric int8 activations (TensorRT) rather than asymmetric uint8 ones (ONNX Runtime, OpenVINO)."""
+    return target_backend(target).qdq_activations == "int8"
 
 
 def activation_type(target: str):
     from onnxruntime.quantization import QuantType
 
-    if target not in TARGETS:
-        raise CalibrationError(f"calibration target {target!r}: expected one of {', '.join(TARGETS)}")
-    return QuantType.QUInt8 if target == "onnxruntime" else QuantType.QInt8
+    return QuantType.QInt8 if symmetric(target) else QuantType.QUInt8
 
 
 def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
@@ -51,7 +73,7 @@ def reduce_range(target: str) -> bool:
     project's AVX2 build machine, EfficientNet-Lite1 INT8 at 192, top-1 agreement with FP32 on 60 photo
     crops: 0.37 with 8-bit weights, 0.62 with 7-bit; the same Q/DQ model without the fused kernels
     (exact int32 arithmetic, as TensorRT and VNNI CPUs compute) 0.78."""
-    return target == "onnxruntime" and cpu_has_vnni() is False
+    return target_backend(target).qdq_reduce_range and cpu_has_vnni() is False
 
 
 BIAS_LIMIT = 2 ** 30  # an int32 bias past this leaves the integer kernel's accumulator no headroom
@@ -80,7 +102,7 @@ def zero_overflowing_channels(model, ranges: Mapping[str, Sequence[float]], targ
         if node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
             continue  # per-channel axis 0 only for (out, in) weights
         lo, hi = (float(v) for v in ranges[x])
-        x_scale = (max(abs(lo), abs(hi)) * 2 if target == "tensorrt" else max(hi, 0.0) - min(lo, 0.0)) / 255
+        x_scale = (max(abs(lo), abs(hi)) * 2 if symmetric(target) else max(hi, 0.0) - min(lo, 0.0)) / 255
         w = numpy_helper.to_array(inits[w_name]).copy()
         b = numpy_helper.to_array(inits[b_name])
         w_scale = np.abs(w.reshape(w.shape[0], -1)).max(1) / qmax
@@ -124,11 +146,11 @@ def write_qdq(
     if weight_bits not in (7, 8):
         raise CalibrationError(f"weight_bits: expected 7 or 8, got {weight_bits}")
 
-    symmetric = target == "tensorrt"
+    sym = symmetric(target)
     extra = {
-        "ActivationSymmetric": symmetric,
+        "ActivationSymmetric": sym,
         "WeightSymmetric": True,
-        "DedicatedQDQPair": symmetric,  # TensorRT fuses per consumer
+        "DedicatedQDQPair": sym,  # TensorRT fuses per consumer
         # a MatMul/Gemm output is quantized only where a consumer quantizes its input: the q, k, v
         # projections feeding a float attention core stay float, and so do a classifier's logits
         "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],

@@ -4,15 +4,12 @@ The bundle is written inside ``atomic_dir(output)``: a failure at any profile (a
 specialized model that does not match the source, a TensorRT parser error) leaves no bundle and leaves
 an existing one untouched. Layout and manifest: docs/bundle.md (``mrdeploy.runtime.manifest``).
 
-Backends:
-
-- ``onnxruntime``: per profile, the source model specialized to it (:mod:`.specialize`), checked
-  against the source at min/opt/max, saved as ``profiles/<name>.onnx``; fp16 casts it
-  (:mod:`.fp16`, checked with fp16 tolerances).
-- ``tensorrt``: per profile, a serialized engine ``profiles/<name>.plan`` built from the specialized
-  model (:mod:`.tensorrt_build`) with one timing cache for the whole build (``profiles/timing.cache``).
-
-precision ``int8`` / ``auto`` goes through :func:`_quantize_profile`, the calibration hook.
+Per profile, small stages: specialize (:mod:`.specialize`) -> check the fp32 specialized model against
+the source -> quantize (precision ``int8`` / ``auto``: :func:`_quantize_profile`, the calibration hook)
+-> the backend's build stage (``Backend.build_profile``: cast / convert, check, write the artifact).
+Backends come from the one registry (``mrdeploy.runtime.backends.registry``): ``onnxruntime``
+(``profiles/<name>.onnx``), ``tensorrt`` (``profiles/<name>.plan`` + one timing cache), ``openvino``
+(``profiles/<name>.xml`` + ``.bin``), or any backend registered by the user.
 """
 
 from __future__ import annotations
@@ -25,16 +22,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrdeploy._atomic import atomic_dir, atomic_file, check_output
+from mrdeploy._atomic import atomic_dir, check_output
 from mrdeploy._progress import Progress
-from mrdeploy.errors import ExportError
+from mrdeploy.errors import ExportError, MrdeployError
 from mrdeploy.exporter.onnx_model import SourceModel, read_model
 from mrdeploy.exporter.resolve import resolve_profiles
+from mrdeploy.runtime.backends.registry import (
+    BuiltProfile,
+    ProfileBuild,
+    backend_names,
+    check_backend_name,
+    get_backend,
+)
 from mrdeploy.runtime.manifest import PAD_MODES, POLICIES, default_policy  # one copy of each rule
+from mrdeploy.runtime.manifest import PRECISIONS as ENGINE_PRECISIONS
 from mrdeploy.runtime.profiles import Profile, ProfileSpec
 
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8", "auto")
+PRECISIONS = (*ENGINE_PRECISIONS, "auto")
 # the check of a specialized model against its source, per precision: (atol, rtol, min cosine)
 # int8 profiles: the fp32 model they are quantized from is checked with the fp32 tolerances; the Q/DQ
 # model itself against the source on held-out real data (the calibration's drop and --max-drop)
@@ -99,10 +103,10 @@ def _quantize_profile(source: SourceModel, model, profile: Profile, *, precision
     return quantize_for_build(source.path, model, profile, precision=precision, backend=backend, options=options)
 
 
-def _check(kind: str, ok_rows: list, profile: Profile, table: str) -> None:
+def _check(kind: str, ok_rows: list, profile: Profile, table: str, reference: str = "source ONNX") -> None:
     if not all(r.ok for r in ok_rows):
         raise ExportError(
-            f"profile {profile.name!r}: the {kind} model does not match the source ONNX model; no bundle written\n"
+            f"profile {profile.name!r}: the {kind} model does not match the {reference} model; no bundle written\n"
             + table
         )
 
@@ -137,10 +141,13 @@ def build_bundle(
     force: bool = False,
 ) -> BuildResult:
     """Build the bundle and return it with the per-profile report (see :func:`build_engine`)."""
-    if backend not in BACKENDS:
-        raise ExportError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_backend_name(backend, "backend", ExportError)
+    backend_cls = get_backend(backend)
     if precision not in PRECISIONS:
         raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    allowed = (*backend_cls.precisions, "auto") if backend_cls.qdq_activations else backend_cls.precisions
+    if precision not in allowed:
+        raise ExportError(f"precision: backend {backend!r} builds {', '.join(allowed)}, got {precision!r}")
     if policy is not None and policy not in POLICIES:
         raise ExportError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
     check_output(output, "bundle", force)  # before any work: replace only what mrdeploy wrote
@@ -154,14 +161,10 @@ def build_bundle(
         )
     if pad_mode not in PAD_MODES:
         raise ExportError(f"pad_mode: expected one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
-    trt_builder = None
-    if backend == "tensorrt":
-        from mrdeploy.exporter.tensorrt_build import TensorRTBuilder
-
-        cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else None
-        trt_builder = TensorRTBuilder(  # BackendUnavailable here, before any work, without TensorRT/GPU
-            workspace_mib=workspace, timing_cache=cache_bytes, hardware_compatible=hardware_compatible
-        )
+    builder = backend_cls.builder(  # BackendUnavailable here, before any work (no TensorRT/GPU, no OpenVINO)
+        threads=threads, precision=precision, workspace=workspace, timing_cache=timing_cache,
+        hardware_compatible=hardware_compatible,
+    )
     source = read_model(
         model_path, divisor=divisor, spatial_outputs=spatial_outputs, mean=mean, std=std,
         min_size=min_size, max_size=max_size,
@@ -179,7 +182,6 @@ def build_bundle(
         check_specialized,
         cpu_session,
         format_check_table,
-        session_settings,
         specialize,
     )
     from mrdeploy.runtime.manifest import FORMAT_VERSION, Manifest, ProfileEntry, sha256_file
@@ -207,7 +209,7 @@ def build_bundle(
                 result.notes.extend(f"{profile.name}: {n}" for n in spec.notes)
                 model, prec, calibration, measurements, calib_cache = spec.model, precision, None, None, None
                 fp32_rows = None
-                if precision in ("int8", "auto") or backend != "onnxruntime":
+                if precision in ("int8", "auto") or builder.check_fp32_first:
                     # what gets quantized or built is the fp32 specialized model: it must match the source
                     fp32_rows = check_specialized(src_session, spec.model, profile, threads=check_threads)
                     result.check_rows.extend(fp32_rows)
@@ -218,47 +220,22 @@ def build_bundle(
                     )
                     if calibration:
                         result.notes.extend(f"{profile.name}: {n}" for n in calibration.get("notes", []))
-                max_abs = min_cos = None
-                if backend == "onnxruntime":
-                    if prec == "fp16":
-                        from mrdeploy.exporter.fp16 import convert_to_fp16
 
-                        model = convert_to_fp16(model)
-                    atol, rtol, min_c = TOLERANCES.get("fp32" if prec == "int8" else prec, (5e-2, 5e-2, 0.99))
-                    if prec == "int8":  # random inputs fall outside the calibrated ranges: the fp32 model was
-                        rows = fp32_rows  # checked above, the Q/DQ model on held-out real data against the source
-                    elif fp32_rows is not None and prec == "fp32":
-                        rows = fp32_rows
-                    else:
-                        rows = check_specialized(
-                            src_session, model, profile, atol=atol, rtol=rtol, min_cosine=min_c, threads=check_threads
-                        )
-                        result.check_rows.extend(rows)
-                        _check(f"{prec} specialized", rows, profile, format_check_table(rows))
-                    max_abs = max((r.max_abs for r in rows), default=None)
-                    min_cos = min((r.cosine for r in rows), default=None)
-                    artifact = f"profiles/{profile.name}.onnx"
-                    try:
-                        onnx.save(model, str(tmp / artifact))
-                    except ValueError as e:  # protobuf's 2 GB limit
-                        raise ExportError(f"profile {profile.name!r}: the specialized model cannot be saved: {e}") from None
-                    options = session_settings(profile, threads)
-                    if prec == "int8":
-                        from mrdeploy.calibration.evaluate import INT8_SESSION_CONFIG
+                def check(candidate, atol, rtol, min_cosine, what=None, reference=None, _profile=profile, _prec=prec):
+                    ref = src_session if reference is None else cpu_session(reference, check_threads)
+                    rows = check_specialized(ref, candidate, _profile, atol=atol, rtol=rtol,
+                                             min_cosine=min_cosine, threads=check_threads)
+                    result.check_rows.extend(rows)
+                    kind = "source ONNX" if reference is None else "ONNX"
+                    _check(what or f"{_prec} specialized", rows, _profile, format_check_table(rows), kind)
+                    return rows
 
-                        options["session"]["session_config"] = dict(INT8_SESSION_CONFIG)
-                    options["check"] = {"max_abs": max_abs, "min_cosine": min_cos, "atol": atol, "rtol": rtol}
-                else:
-                    # the ONNX that goes into TensorRT is checked above; the engines on a GPU: examples/gpu_check.py
-                    rows = fp32_rows
-                    engine = trt_builder.build(model, profile, prec)
-                    artifact = f"profiles/{profile.name}.plan"
-                    (tmp / artifact).write_bytes(engine.plan)
-                    options = dict(engine.options)
-                    options["onnx_check"] = {
-                        "max_abs": max(r.max_abs for r in rows), "min_cosine": min(r.cosine for r in rows)
-                    }
-                    result.notes.extend(f"{profile.name}: {n}" for n in engine.notes)
+                built: BuiltProfile = builder.build_profile(ProfileBuild(
+                    model=model, profile=profile, precision=prec, directory=tmp, threads=threads,
+                    fp32_rows=fp32_rows, check=check, source_session=src_session,
+                ))
+                artifact, options, max_abs, min_cos = built.artifact, dict(built.options), built.max_abs, built.min_cosine
+                result.notes.extend(f"{profile.name}: {n}" for n in built.notes)
                 options.update(
                     optimizer=spec.optimizer,
                     nodes={"source": spec.nodes_before, "specialized": spec.nodes_after},
@@ -272,6 +249,7 @@ def build_bundle(
                         profile=profile, backend=backend, precision=prec, artifact=artifact,
                         sha256=sha256_file(tmp / artifact), options=options,
                         calibration=calibration, measurements=measurements,
+                        files=[{"path": f, "sha256": sha256_file(tmp / f)} for f in built.files],
                     )
                 )
                 result.profiles.append(
@@ -281,14 +259,8 @@ def build_bundle(
                     )
                 )
                 bar.update(1, note=profile.name)
-        build = _build_info(trt_builder)
-        if trt_builder is not None:
-            cache = trt_builder.serialized_timing_cache()
-            (tmp / "profiles" / "timing.cache").write_bytes(cache)
-            build["timing_cache"] = {"artifact": "profiles/timing.cache", "sha256": sha256_file(tmp / "profiles/timing.cache")}
-            if timing_cache:
-                with atomic_file(timing_cache) as t:  # like trtexec --timingCacheFile: read, then updated
-                    t.write_bytes(cache)
+        build = _build_info(builder)
+        builder.finish(tmp, build)  # shared files, e.g. TensorRT's timing cache
         manifest = Manifest(
             model=source.info,
             source={"artifact": "model.onnx", "sha256": sha256_file(tmp / "model.onnx")},
@@ -302,21 +274,23 @@ def build_bundle(
     return result
 
 
-def _build_info(trt_builder) -> dict:
+def _build_info(builder) -> dict:
+    """The manifest's build block: versions, then every registered backend's keys (None unless this build's
+    backend fills them: the TensorRT version and GPU, the OpenVINO version, ...)."""
     import onnx
     import onnxruntime
 
     from mrdeploy import __version__
 
-    return {
-        "mrdeploy": __version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "tensorrt": trt_builder.version if trt_builder else None,
-        "gpu": trt_builder.gpu if trt_builder else None,
-        "compute_capability": trt_builder.compute_capability if trt_builder else None,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    info = {"mrdeploy": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    for name in backend_names():
+        try:
+            info.update(dict.fromkeys(get_backend(name).build_keys))
+        except MrdeployError:  # a registered backend whose module does not import here
+            continue
+    info.update(builder.build_info())
+    info["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return info
 
 
 def build_engine(
@@ -329,8 +303,8 @@ def build_engine(
 
     ``profiles``: ``--profile`` strings (``224``, ``256x192``, ``96-160@128``, ``192x256-384x512@288x384``,
     ``name=...``, ``input:spec,input:spec``), ProfileSpecs or Profiles. Keywords: ``profiles_file``,
-    ``batch`` ("1-8@1"), ``backend`` ("onnxruntime" | "tensorrt"), ``precision`` ("fp32" | "fp16" |
-    "int8" | "auto"), ``policy`` ("pad" | "resize" | "letterbox" | "error"; default: :func:`default_policy`),
+    ``batch`` ("1-8@1"), ``backend`` (a registered backend: "onnxruntime" | "tensorrt" | "openvino" | ...),
+    ``precision`` ("fp32" | "fp16" | "bf16" | "int8" | "auto", as the backend builds them), ``policy`` ("pad" | "resize" | "letterbox" | "error"; default: :func:`default_policy`),
     ``pad_mode`` ("zero" | "reflect" | "edge", recorded in the manifest), model
     facts for models without mrdeploy metadata (``divisor``, ``spatial_outputs``, ``mean``, ``std``, ``min_size``, ``max_size``),
     ``threads`` (ONNX Runtime intra-op threads recorded in the bundle), tensorrt's ``workspace`` (MiB),

@@ -97,6 +97,8 @@ def inspect_bundle(path: Path) -> dict:
     profiles = []
     for e in m.profiles:
         art = bundle / e.artifact
+        paths = [art] + [bundle / f["path"] for f in e.files]  # the artifact and its further files (IR .bin)
+        present = all(q.is_file() for q in paths)
         profiles.append({
             "name": e.name,
             "describe": e.profile.describe(),
@@ -104,8 +106,9 @@ def inspect_bundle(path: Path) -> dict:
             "backend": e.backend,
             "precision": e.precision,
             "artifact": e.artifact,
-            "present": art.is_file(),
-            "size_bytes": art.stat().st_size if art.is_file() else None,
+            "files": [f["path"] for f in e.files],
+            "present": present,
+            "size_bytes": sum(q.stat().st_size for q in paths) if present else None,
             "sha256": e.sha256,
             "options": e.options,
             "calibration": e.calibration,

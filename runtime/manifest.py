@@ -32,6 +32,7 @@ from pathlib import Path
 
 from mrdeploy._atomic import write_text_atomic
 from mrdeploy.errors import BundleError
+from mrdeploy.runtime.backends.registry import check_backend_name
 from mrdeploy.runtime.modelinfo import ModelInfo
 from mrdeploy.runtime.profiles import Profile
 from mrdeploy.runtime.validate import bundle_file, check_manifest, check_relpath
@@ -40,8 +41,7 @@ FORMAT = "mrdeploy-bundle"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # backends: the registry (runtime/backends/registry.py)
 POLICIES = ("pad", "resize", "letterbox", "error")
 PAD_MODES = ("zero", "reflect", "edge")
 
@@ -73,6 +73,7 @@ class ProfileEntry:
     options: dict = field(default_factory=dict)
     calibration: dict | None = None
     measurements: dict | None = None
+    files: list[dict] = field(default_factory=list)  # further files the engine needs: [{path, sha256}]
 
     @property
     def name(self) -> str:
@@ -89,6 +90,8 @@ class ProfileEntry:
             calibration=self.calibration,
             measurements=self.measurements,
         )
+        if self.files:  # optional: written only when the backend has more than one file per profile
+            d["files"] = [dict(f) for f in self.files]
         return d
 
     @classmethod
@@ -106,8 +109,7 @@ class ProfileEntry:
             raise BundleError(
                 f"{at}: inputs must map each input to {{min, opt, max}} shapes, got {d['inputs']!r} ({e})"
             ) from None
-        if d["backend"] not in BACKENDS:
-            raise BundleError(f"{at}: unknown backend {d['backend']!r}, expected one of {', '.join(BACKENDS)}")
+        check_backend_name(d["backend"], at, BundleError)
         if d["precision"] not in PRECISIONS:
             raise BundleError(
                 f"{at}: unknown precision {d['precision']!r}, expected one of {', '.join(PRECISIONS)}"
@@ -122,6 +124,7 @@ class ProfileEntry:
             options=dict(d.get("options") or {}),
             calibration=d.get("calibration"),
             measurements=d.get("measurements"),
+            files=[dict(f) for f in d.get("files") or []],
         )
 
 
@@ -260,6 +263,17 @@ def verify_artifact(bundle_dir: str | os.PathLike, artifact: str, sha256: str, w
     return path
 
 
+def verify_entry_files(bundle_dir: str | os.PathLike, entry: ProfileEntry, verify: bool = True) -> Path:
+    """A profile's artifact and its further ``files`` (each inside the bundle and, with ``verify``, of the
+    recorded sha256); returns the artifact's resolved path."""
+    what = f"profile {entry.name!r}"
+    check = verify_artifact if verify else (lambda b, rel, _sha, w: bundle_file(b, rel, w))
+    path = check(bundle_dir, entry.artifact, entry.sha256, what)
+    for f in entry.files:
+        check(bundle_dir, f["path"], f["sha256"], what)
+    return path
+
+
 def verify_artifacts(
     bundle_dir: str | os.PathLike,
     manifest: Manifest,
@@ -274,7 +288,7 @@ def verify_artifacts(
     for e in manifest.profiles:
         if wanted is not None and e.name not in wanted:
             continue
-        verify_artifact(bundle_dir, e.artifact, e.sha256, f"profile {e.name!r}")
+        verify_entry_files(bundle_dir, e)
         cal = e.calibration or {}
         if cal.get("cache") is not None:  # the validator made sure cache_sha256 is there
             verify_artifact(bundle_dir, cal["cache"], cal["cache_sha256"], f"profile {e.name!r} calibration cache")

@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from mrdeploy.errors import BundleError, InputError, MrdeployError
-from mrdeploy.runtime.backends.base import Engine, get_engine_class
+from mrdeploy.runtime.backends.base import Engine
+from mrdeploy.runtime.backends.registry import get_backend
 from mrdeploy.runtime.dispatch import POLICIES, Decision, decide
 from mrdeploy.runtime.fitting import fit_inputs, restore_outputs
-from mrdeploy.runtime.manifest import Manifest, ProfileEntry, verify_artifact, verify_artifacts
+from mrdeploy.runtime.manifest import Manifest, ProfileEntry, verify_artifacts, verify_entry_files
 from mrdeploy.runtime.modelinfo import OutputInfo
 from mrdeploy.runtime.profiles import Profile
-from mrdeploy.runtime.validate import bundle_file
 
 _CAST_OK = (np.dtype(np.float16), np.dtype(np.float64))
 _DECISION_CACHE_SIZE = 256
@@ -122,6 +122,8 @@ class Runner:
         self.verify = verify
         if verify:
             verify_artifacts(self.bundle_dir, manifest, profiles=self._by_name, source=False)
+        for e in self.entries:  # a runtime of another version refuses now, not at the first call
+            get_backend(e.backend).check_loadable(e, manifest.build)
 
         self._cond = threading.Condition()
         self._engines: OrderedDict[str, Engine] = OrderedDict()
@@ -283,16 +285,11 @@ class Runner:
 
     def _create(self, name: str) -> Engine:
         entry = self._by_name[name]
-        cls = get_engine_class(entry.backend)
-        what = f"profile {name!r}"
-        if self.verify:  # hashed again as the engine loads: a file replaced after load() is not served
-            path = verify_artifact(self.bundle_dir, entry.artifact, entry.sha256, what)
-        else:
-            path = bundle_file(self.bundle_dir, entry.artifact, what)
-        return cls(
-            path, entry, providers=self.providers, threads=self.threads,
-            build=self.manifest.build,
-        )
+        backend = get_backend(entry.backend)  # registered: the manifest was validated against the registry
+        # hashed again as the engine loads (with verify): a file replaced after load() is not served
+        path = verify_entry_files(self.bundle_dir, entry, self.verify)
+        options = backend.engine_options({"providers": self.providers, "threads": self.threads})
+        return backend.engine_class()(path, entry, build=self.manifest.build, **options)
 
     def _acquire(self, name: str) -> tuple[Engine, float]:
         """The engine for a profile, marked in use; loads it (evicting LRU idle engines) if needed."""

@@ -122,6 +122,13 @@ def check_profile(d, where: str) -> None:
     check_sha256(d.get("sha256"), f"{at}: sha256")
     check_mapping(d.get("options"), f"{at}: options", optional=True)
     check_mapping(d.get("measurements"), f"{at}: measurements", optional=True)
+    files = d.get("files", [])
+    if not isinstance(files, list):
+        raise BundleError(f"{at}: files: expected a list of {{path, sha256}}, got {_short(files)}")
+    for f in files:
+        check_mapping(f, f"{at}: files entry")
+        check_relpath(f.get("path"), f"{at}: file")
+        check_sha256(f.get("sha256"), f"{at}: file {f.get('path')!r} sha256")
     cal = check_mapping(d.get("calibration"), f"{at}: calibration", optional=True)
     if cal and cal.get("cache") is not None:
         check_relpath(cal["cache"], f"{at}: calibration cache")

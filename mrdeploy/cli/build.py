@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from mrdeploy.cli import choices
+
 
 @click.command("build-engine")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -15,8 +17,10 @@ import click
 )
 @click.option("--profiles", "profiles_file", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON file of profiles (e.g. from `mrdeploy profiles plan`).")
 @click.option("--batch", help="Batch range MIN-MAX[@OPT], e.g. 1-8@1 (default 1).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "auto"]), default="fp32", show_default=True)
+@click.option("--backend", type=choices.backends(), default="onnxruntime", show_default=True,
+              help="A registered backend (ONNX Runtime, TensorRT, OpenVINO, ...).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]), default="fp32", show_default=True,
+              help="What the backend builds: bf16 is OpenVINO's, on a CPU with bf16 instructions.")
 @click.option("--policy", type=click.Choice(["pad", "resize", "letterbox", "error"]), default=None,
               help="What the runtime does with a size no profile contains [default: resize for "
                    "classification, pad for segmentation/dense and any model with spatial outputs]; "
@@ -32,7 +36,7 @@ import click
 @click.option("--workspace", type=click.IntRange(min=1), help="TensorRT workspace limit in MiB (default 1024).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file: read if present, updated after the build.")
 @click.option("--hardware-compatible", is_flag=True, help="TensorRT engines that run on any Ampere or newer GPU.")
-@click.option("--threads", type=click.IntRange(min=0), help="ONNX Runtime intra-op threads recorded in the bundle (0: ORT's default).")
+@click.option("--threads", type=click.IntRange(min=0), help="Inference threads recorded in the bundle (ONNX Runtime intra-op threads, OpenVINO INFERENCE_NUM_THREADS; 0: the backend's default).")
 @click.option("--calib-data", type=click.Path(), help="Calibration images (int8/auto).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None, help="INT8 calibration method (int8/auto) [default: minmax, which kept the examples closest to FP32].")
 @click.option("--calib-samples", type=click.IntRange(min=1), help="Calibration images per profile (int8/auto) [default: 64, or all when fewer].")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from mrdeploy.cli import choices
+
 
 @click.command("calibrate")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -29,8 +31,8 @@ import click
                    "blocks that break it stay float.")
 @click.option("--metric", type=click.Choice(["top1", "pixel", "cosine"]), default=None,
               help="Budget metric [default: top1 for classification, pixel for segmentation, else cosine].")
-@click.option("--target", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
-              help="Backend the Q/DQ model is for: onnxruntime = uint8 asymmetric activations, "
+@click.option("--target", type=choices.calibration_targets(), default="onnxruntime", show_default=True,
+              help="Backend the Q/DQ model is for: onnxruntime and openvino = uint8 asymmetric activations, "
                    "tensorrt = int8 symmetric activations.")
 @click.option("--sizes", "size_mode", type=click.Choice(["spread", "opt", "random"]), default="spread",
               show_default=True, help="Sizes each sample is resized to inside the profile.")

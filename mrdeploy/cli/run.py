@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from mrdeploy.cli import choices
+
 
 def _group_inputs(items: tuple[str, ...], input_names: list[str]) -> list[dict[str, Path]]:
     """Command-line inputs -> samples. One-input models: each item is a file. Several inputs: items are
@@ -43,7 +45,7 @@ def _fmt_hw(shape) -> str:
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes to show (classification).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write masks (PNG + .npy) / outputs here.")
 @click.option("--providers", help="ONNX Runtime providers, e.g. cuda or tensorrt,cuda (default: cpu).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), help="Serve only this backend's profiles.")
+@click.option("--backend", type=choices.backends(), help="Serve only this backend's profiles.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads per engine.")
 @click.option("--max-loaded", type=click.IntRange(min=1), help="Keep at most N engines loaded (least recently used goes first).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Run each input N times; report the median latency.")

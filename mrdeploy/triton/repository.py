@@ -165,6 +165,12 @@ def write_repository(
     manifest = Manifest.read(bundle)
     verify_artifacts(bundle, manifest, source=False)
     _check_args(manifest, instances, kind, max_batch, max_delay_ms)
+    other = [f"{e.name} ({e.backend})" for e in manifest.profiles if e.backend not in C.PLATFORMS]
+    if other and not embedded:
+        raise InputError(
+            f"profiles {', '.join(other)} have no Triton platform: per-profile models are written for "
+            f"{', '.join(C.PLATFORMS)} profiles; use the embedded front model (--embedded), which serves the bundle itself"
+        )
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not (overwrite and (out / MARKER).is_file()):

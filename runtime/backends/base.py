@@ -1,25 +1,28 @@
-"""One interface for every backend (MMDeploy-style wrapper): an Engine runs one profile's artifact.
+"""One interface for every backend's run side (MMDeploy-style wrapper): an Engine runs one profile's artifact.
 
-A backend module defines a subclass of ``Engine`` and is registered in ``_BACKENDS`` by module path,
-so a backend's own library (onnxruntime, tensorrt) is imported only when one of its engines loads.
+Each backend is one :class:`~mrdeploy.runtime.backends.registry.Backend` class in the registry
+(``registry.py``); its ``engine`` names the Engine subclass here, imported when an engine of that
+backend is first created, so a backend's own library (onnxruntime, tensorrt, openvino) is imported only
+when one of its engines loads.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from mrdeploy.errors import BackendUnavailable, BundleError
+from mrdeploy.errors import BundleError
+from mrdeploy.runtime.backends.registry import (
+    backend_names,
+    check_backend_name,
+    get_backend,
+    register_backend,
+)
 from mrdeploy.runtime.manifest import ProfileEntry
 
-# backend name -> (module, class name)
-_BACKENDS: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("mrdeploy.runtime.backends.onnxruntime", "OrtEngine"),
-    "tensorrt": ("mrdeploy.runtime.backends.tensorrt", "TrtEngine"),
-}
+__all__ = ["Engine", "backend_names", "get_engine_class", "numpy_dtype", "register_backend"]
 
 
 class Engine:
@@ -35,15 +38,9 @@ class Engine:
     output_names: list[str]
     input_dtypes: dict[str, np.dtype]
 
-    def __init__(
-        self,
-        path: Path,
-        entry: ProfileEntry,
-        providers=None,
-        threads: int | None = None,
-        build: Mapping | None = None,
-    ):
-        """``build`` is the manifest's build block (versions the bundle was built with)."""
+    def __init__(self, path: Path, entry: ProfileEntry, build: Mapping | None = None, **options):
+        """``build`` is the manifest's build block (versions the bundle was built with); ``options`` are
+        the load() keywords the backend declares in ``Backend.load_options`` (providers, threads, ...)."""
         self.path = Path(path)
         self.entry = entry
         self.build = dict(build or {})
@@ -64,25 +61,11 @@ class Engine:
         return f"{type(self).__name__}({self.entry.name!r}, {self.path.name})"
 
 
-def register_backend(name: str, module: str, cls: str) -> None:
-    """Add a backend: ``name`` as written in manifests, the module and Engine subclass that serve it."""
-    _BACKENDS[name] = (module, cls)
-
-
-def backend_names() -> list[str]:
-    return list(_BACKENDS)
-
-
 def get_engine_class(name: str) -> type[Engine]:
-    """The Engine class of a backend; BundleError for an unknown name. Importing the class does not
-    import the backend library (that happens when an engine is created)."""
-    if name not in _BACKENDS:
-        raise BundleError(f"unknown backend {name!r}: expected one of {', '.join(_BACKENDS)}")
-    module, cls = _BACKENDS[name]
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except ImportError as e:  # a backend module that needs something at import time
-        raise BackendUnavailable(f"backend {name!r} cannot be imported: {e}") from None
+    """The Engine class of a registered backend; BundleError for an unknown name. Importing the class does
+    not import the backend library (that happens when an engine is created)."""
+    check_backend_name(name, "backend", BundleError)
+    return get_backend(name).engine_class()
 
 
 def numpy_dtype(type_name: str) -> np.dtype:

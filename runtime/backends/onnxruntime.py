@@ -23,6 +23,7 @@ import numpy as np
 
 from mrdeploy.errors import BackendUnavailable, BundleError
 from mrdeploy.runtime.backends.base import Engine, numpy_dtype
+from mrdeploy.runtime.backends.registry import Backend, BuiltProfile, ProfileBuild
 from mrdeploy.runtime.manifest import ProfileEntry
 from mrdeploy.runtime.profiles import Profile
 
@@ -152,11 +153,11 @@ class OrtEngine(Engine):
         self,
         path: Path,
         entry: ProfileEntry,
+        build: Mapping | None = None,
         providers=None,
         threads: int | None = None,
-        build: Mapping | None = None,
     ):
-        super().__init__(path, entry, providers, threads, build)
+        super().__init__(path, entry, build)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -182,3 +183,58 @@ class OrtEngine(Engine):
 
     def close(self) -> None:
         self.session = None
+
+
+class OnnxRuntimeBackend(Backend):
+    """The embedded default: per profile, the specialized ONNX model (fp16: cast, int8: the Q/DQ model)
+    saved as ``profiles/<name>.onnx`` and served by :class:`OrtEngine`."""
+
+    name = "onnxruntime"
+    engine = OrtEngine
+    precisions = ("fp32", "fp16", "int8")
+    qdq_activations = "uint8"  # asymmetric uint8: ORT's fast CPU kernels (symmetric int8 runs slower than FP32)
+    qdq_reduce_range = True
+    auto_measured = True
+    check_fp32_first = False  # the artifact itself is checked against the source
+    load_options = ("providers", "threads")
+    install_hint = "pip install 'mrdeploy[runtime]'"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("onnxruntime") is not None
+
+    def build_profile(self, stage: ProfileBuild) -> BuiltProfile:
+        import onnx
+
+        from mrdeploy.errors import ExportError
+        from mrdeploy.exporter.build import TOLERANCES
+        from mrdeploy.exporter.specialize import session_settings
+
+        model, prec, profile = stage.model, stage.precision, stage.profile
+        if prec == "fp16":
+            from mrdeploy.exporter.fp16 import convert_to_fp16
+
+            model = convert_to_fp16(model)
+        atol, rtol, min_c = TOLERANCES.get("fp32" if prec == "int8" else prec, (5e-2, 5e-2, 0.99))
+        if prec == "int8" or (prec == "fp32" and stage.fp32_rows is not None):
+            # int8: random inputs fall outside the calibrated ranges; the fp32 model was checked, the Q/DQ
+            # model on held-out real data against the source (calibration's drop and --max-drop)
+            rows = stage.fp32_rows
+        else:
+            rows = stage.check(model, atol, rtol, min_c)
+        max_abs = max((r.max_abs for r in rows), default=None)
+        min_cos = min((r.cosine for r in rows), default=None)
+        artifact = f"profiles/{profile.name}.onnx"
+        try:
+            onnx.save(model, str(stage.directory / artifact))
+        except ValueError as e:  # protobuf's 2 GB limit
+            raise ExportError(f"profile {profile.name!r}: the specialized model cannot be saved: {e}") from None
+        options = session_settings(profile, stage.threads)
+        if prec == "int8":
+            from mrdeploy.calibration.evaluate import INT8_SESSION_CONFIG
+
+            options["session"]["session_config"] = dict(INT8_SESSION_CONFIG)
+        options["check"] = {"max_abs": max_abs, "min_cosine": min_cos, "atol": atol, "rtol": rtol}
+        return BuiltProfile(artifact, options, max_abs=max_abs, min_cosine=min_cos)

@@ -27,6 +27,7 @@ import numpy as np
 
 from mrdeploy.errors import BackendUnavailable, BundleError, InputError
 from mrdeploy.runtime.backends.base import Engine
+from mrdeploy.runtime.backends.registry import Backend, BuiltProfile, ProfileBuild
 from mrdeploy.runtime.manifest import ProfileEntry, check_tensorrt_compat
 
 NEEDS = "the tensorrt backend needs TensorRT (pip install tensorrt) and a CUDA GPU"
@@ -104,15 +105,8 @@ class TrtEngine(Engine):
 
     backend = "tensorrt"
 
-    def __init__(
-        self,
-        path: Path,
-        entry: ProfileEntry,
-        providers=None,
-        threads: int | None = None,
-        build: Mapping | None = None,
-    ):
-        super().__init__(path, entry, providers, threads, build)
+    def __init__(self, path: Path, entry: ProfileEntry, build: Mapping | None = None):
+        super().__init__(path, entry, build)
         trt = import_tensorrt()
         cudart = import_cudart()
         self.trt, self.cudart = trt, cudart
@@ -188,3 +182,65 @@ class TrtEngine(Engine):
                 self.cudart.cudaStreamDestroy(self._stream)
                 self._stream = None
             self._context = self._engine = self._runtime = None
+
+
+class TensorRTBackend(Backend):
+    """Per profile, a serialized plan ``profiles/<name>.plan`` built from the specialized model
+    (``mrdeploy.exporter.tensorrt_build``) with one timing cache for the whole build
+    (``profiles/timing.cache``), served by :class:`TrtEngine`."""
+
+    name = "tensorrt"
+    engine = TrtEngine
+    precisions = ("fp32", "fp16", "int8")
+    qdq_activations = "int8"  # symmetric int8: what TensorRT's explicit quantization takes
+    build_keys = ("tensorrt", "gpu", "compute_capability")
+    install_hint = NEEDS
+
+    def __init__(self, *, workspace=None, timing_cache=None, hardware_compatible=False, **settings):
+        super().__init__(**settings)
+        from mrdeploy.exporter.tensorrt_build import TensorRTBuilder
+
+        self.timing_cache = timing_cache
+        cache = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else None
+        self.trt = TensorRTBuilder(  # BackendUnavailable here, before any work, without TensorRT/GPU
+            workspace_mib=workspace, timing_cache=cache, hardware_compatible=hardware_compatible
+        )
+
+    @classmethod
+    def builder(cls, **settings) -> TensorRTBackend:
+        return cls(**settings)  # TensorRTBuilder says what is missing (TensorRT, cuda-python, a GPU)
+
+    @classmethod
+    def is_available(cls) -> bool:
+        try:
+            from mrdeploy.exporter.tensorrt_build import gpu_info, import_tensorrt
+
+            import_tensorrt()
+            gpu_info()
+        except (ImportError, BackendUnavailable):
+            return False
+        return True
+
+    def build_profile(self, stage: ProfileBuild) -> BuiltProfile:
+        # the ONNX that goes into TensorRT is checked (fp32_rows); the engines on a GPU: examples/gpu_check.py
+        rows = stage.fp32_rows
+        engine = self.trt.build(stage.model, stage.profile, stage.precision)
+        artifact = f"profiles/{stage.profile.name}.plan"
+        (stage.directory / artifact).write_bytes(engine.plan)
+        options = dict(engine.options)
+        options["onnx_check"] = {"max_abs": max(r.max_abs for r in rows), "min_cosine": min(r.cosine for r in rows)}
+        return BuiltProfile(artifact, options, notes=list(engine.notes))
+
+    def build_info(self) -> dict:
+        return {"tensorrt": self.trt.version, "gpu": self.trt.gpu, "compute_capability": self.trt.compute_capability}
+
+    def finish(self, directory: Path, build: dict) -> None:
+        from mrdeploy._atomic import atomic_file
+        from mrdeploy.runtime.manifest import sha256_file
+
+        cache = self.trt.serialized_timing_cache()
+        (directory / "profiles" / "timing.cache").write_bytes(cache)
+        build["timing_cache"] = {"artifact": "profiles/timing.cache", "sha256": sha256_file(directory / "profiles/timing.cache")}
+        if self.timing_cache:
+            with atomic_file(self.timing_cache) as t:  # like trtexec --timingCacheFile: read, then updated
+                t.write_bytes(cache)
