@@ -14,21 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrdeploy._atomic import atomic_dir, atomic_file, check_output, run_tempdir, write_text_atomic
-from mrdeploy._progress import set_quiet
+from mrdeploy._progress import quiet_progress
 from mrdeploy.calibration import graph
 from mrdeploy.calibration.budget import Budget, fit_budget
-from mrdeploy.calibration.cache import sha256_file, write_cache
+from mrdeploy.calibration.cache import write_cache
 from mrdeploy.calibration.evaluate import Scorer, latency, metric_for
 from mrdeploy.calibration.preprocess import eval_sizes, prepare, profile_sizes
 from mrdeploy.calibration.qdq import activation_type, keep_float, reduce_range, write_qdq
 from mrdeploy.calibration.ranges import METHODS, amax, compute_ranges, to_jsonable
 from mrdeploy.calibration.sources import Item, load_samples, take
 from mrdeploy.errors import CalibrationError
+from mrdeploy.runtime.manifest import sha256_file
 from mrdeploy.runtime.modelinfo import ModelInfo
-from mrdeploy.runtime.profiles import Profile, check_profile, make_profile, parse_batch, parse_profile
+from mrdeploy.runtime.profiles import Profile, complete_profiles, parse_batch
 
 DEFAULT_HELDOUT = 32
 DEFAULT_METHOD = "minmax"  # entropy clipped the example models' ranges and kept 13 nodes float where minmax kept 5
+DEFAULT_SAMPLES = 64  # calibration items per profile (all of them when there are fewer)
 MIN_IMAGES = 2
 
 
@@ -378,20 +380,11 @@ class CalibrationResult:
 
 
 def resolve_profiles(profiles: Sequence[Profile | str], info: ModelInfo, batch: str | None = None) -> list[Profile]:
-    """Profiles from Profile objects or ``--profile`` strings, checked against the model's constraints."""
-    out = []
-    channels = {i.name: i.channels for i in info.inputs}
-    divisor = {i.name: i.divisor for i in info.inputs}
-    for k, p in enumerate(profiles):
-        if isinstance(p, str):
-            p = make_profile(parse_profile(p), channels, parse_batch(batch), divisor, k)
-        check_profile(p, divisor, {i.name: i.min_size for i in info.inputs if i.min_size},
-                      {i.name: i.max_size for i in info.inputs if i.max_size})
-        out.append(p)
-    names = [p.name for p in out]
-    if len(set(names)) != len(names):
-        raise CalibrationError(f"profile names must be unique, got {names}")
-    return out
+    """Profiles from Profile objects or ``--profile`` strings, checked against the model's constraints
+    (the same checks as ``build-engine``'s: :func:`mrdeploy.runtime.profiles.complete_profiles`)."""
+    return complete_profiles(
+        profiles, {i.name: i.channels for i in info.inputs}, parse_batch(batch), {i.name: i.divisor for i in info.inputs},
+        {i.name: i.min_size for i in info.inputs if i.min_size}, {i.name: i.max_size for i in info.inputs if i.max_size})
 
 
 def calibrate(
@@ -400,9 +393,9 @@ def calibrate(
     data,
     *,
     output_dir: str | Path,
-    method: str = DEFAULT_METHOD,
+    method: str | None = DEFAULT_METHOD,
     percentile: float = 99.99,
-    samples: int = 64,
+    samples: int | None = DEFAULT_SAMPLES,
     seed: int = 0,
     target: str = "onnxruntime",
     max_drop: float | None = None,
@@ -417,31 +410,33 @@ def calibrate(
 ) -> CalibrationResult:
     """Calibrate every profile; write ``<profile>.onnx`` (Q/DQ), ``<profile>.calib`` (+ ``.calib.json``)
     and ``report.json`` into ``output_dir``, all or nothing (replacing only an earlier calibration output,
-    or with ``force`` another mrdeploy output)."""
+    or with ``force`` another mrdeploy output). ``method``/``samples`` None: the defaults; ``quiet``:
+    no progress bars during this call."""
     check_output(output_dir, "calibration", force)
-    if quiet:
-        set_quiet(True)
+    method = method or DEFAULT_METHOD
+    samples = DEFAULT_SAMPLES if samples is None else samples
     model_path = Path(model_path)
-    info = graph.model_info(graph.load(model_path))
-    resolved = resolve_profiles(profiles, info, batch)
-    if not resolved:
-        raise CalibrationError("no profiles to calibrate: give at least one --profile")
-    channels = info.inputs[0].channels if info.inputs else 3
-    check_max_drop(max_drop)
-    cset = load_data(data, samples, seed, heldout, channels, need_heldout=max_drop is not None)
-    source_fp = sha256_file(model_path)
-    results = []
-    with atomic_dir(output_dir, "calibration", force) as tmp:
-        for p in resolved:
-            results.append(calibrate_profile(
-                model_path, p, cset, qdq_path=tmp / f"{p.name}.onnx", cache_path=tmp / f"{p.name}.calib",
-                method=method, percentile=percentile, samples=samples, seed=seed, target=target,
-                max_drop=max_drop, size_mode=size_mode, precision=precision, metric=metric, threads=threads,
-                source_fingerprint=source_fp,
-            ))
-        result = CalibrationResult(results, Path(output_dir), info.name, source_fp, cset.fingerprint)
-        write_text_atomic(tmp / "report.json", json.dumps(result.report(), indent=1) + "\n")
-        for r in results:  # paths as they will be once the directory is in place
-            r.qdq_path = Path(output_dir) / r.qdq_path.name
-            r.cache_path = Path(output_dir) / r.cache_path.name if r.cache_path else None
+    with quiet_progress(quiet):
+        info = graph.model_info(graph.load(model_path))
+        resolved = resolve_profiles(profiles, info, batch)
+        if not resolved:
+            raise CalibrationError("no profiles to calibrate: give at least one --profile")
+        channels = info.inputs[0].channels if info.inputs else 3
+        check_max_drop(max_drop)
+        cset = load_data(data, samples, seed, heldout, channels, need_heldout=max_drop is not None)
+        source_fp = sha256_file(model_path)
+        results = []
+        with atomic_dir(output_dir, "calibration", force) as tmp:
+            for p in resolved:
+                results.append(calibrate_profile(
+                    model_path, p, cset, qdq_path=tmp / f"{p.name}.onnx", cache_path=tmp / f"{p.name}.calib",
+                    method=method, percentile=percentile, samples=samples, seed=seed, target=target,
+                    max_drop=max_drop, size_mode=size_mode, precision=precision, metric=metric, threads=threads,
+                    source_fingerprint=source_fp,
+                ))
+            result = CalibrationResult(results, Path(output_dir), info.name, source_fp, cset.fingerprint)
+            write_text_atomic(tmp / "report.json", json.dumps(result.report(), indent=1) + "\n")
+            for r in results:  # paths as they will be once the directory is in place
+                r.qdq_path = Path(output_dir) / r.qdq_path.name
+                r.cache_path = Path(output_dir) / r.cache_path.name if r.cache_path else None
     return result
