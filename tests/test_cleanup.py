@@ -41,3 +41,25 @@ def test_quiet_progress_is_restored():
     with _progress.quiet_progress(True):
         assert _progress._quiet
     assert not _progress._quiet
+
+
+def test_parity_and_bench_close_their_runner_and_leave_the_manifest_alone(tmp_path, monkeypatch):
+    from mrdeploy.bench import bench
+    from mrdeploy.parity import parity
+    from mrdeploy.references import quiet_manifest
+    from mrdeploy.runtime import Manifest, Runner
+    from tests.bundles import make_bundle
+
+    bundle = make_bundle(tmp_path / "cls", "cls")
+    manifest = Manifest.read(bundle)
+    before = [dict(e.options) for e in manifest.profiles]
+    quiet = quiet_manifest(manifest)
+    assert [e.options for e in manifest.profiles] == before  # a copy, not the manifest's entries
+    assert all(e.options["session_config"]["session.intra_op.allow_spinning"] == "0"
+               for e in quiet.profiles if e.backend == "onnxruntime")
+    closed = []
+    real_close = Runner.close
+    monkeypatch.setattr(Runner, "close", lambda self: (closed.append(self), real_close(self)))
+    parity(bundle, sizes="48", samples=2)
+    bench(bundle, sizes="48", runs=1, warmup=0, threads=1)
+    assert len(closed) == 2
