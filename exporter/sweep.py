@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mrdeploy._ort import cpu_session
-from mrdeploy.errors import ExportError
+from mrdeploy.errors import ExportError, ToleranceError
 from mrdeploy.exporter.shapes import Shape, fmt_shape, round_to
 from mrdeploy.metrics import compare as metrics_compare
 
@@ -27,7 +27,7 @@ DEFAULT_RTOL = 1e-4  # relative to the output's scale (max |reference|)
 SCALES = (0.5, 0.75, 1.5, 2.0)
 
 
-class SweepError(ExportError):
+class SweepError(ExportError, ToleranceError):
     """The exported model disagrees with PyTorch at some size; ``report`` holds the whole sweep."""
 
     def __init__(self, message: str, report: SweepReport):

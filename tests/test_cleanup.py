@@ -63,3 +63,25 @@ def test_parity_and_bench_close_their_runner_and_leave_the_manifest_alone(tmp_pa
     parity(bundle, sizes="48", samples=2)
     bench(bundle, sizes="48", runs=1, warmup=0, threads=1)
     assert len(closed) == 2
+
+
+def test_unknown_policy_is_one_error_type(tmp_path):
+    import json
+
+    from mrdeploy.errors import BundleError, PolicyError
+    from mrdeploy.runtime import Manifest, load
+    from mrdeploy.runtime.dispatch import check_policy
+    from tests.bundles import make_bundle
+
+    bundle = make_bundle(tmp_path / "cls", "cls")
+    with pytest.raises(PolicyError, match="unknown policy 'crop'"):
+        check_policy("crop")
+    with pytest.raises(PolicyError, match="unknown policy 'crop'"):
+        load(bundle, policy="crop")
+    with load(bundle) as runner, pytest.raises(PolicyError, match="unknown policy 'crop'"):
+        runner.select(1, 48, 48, policy="crop")
+    d = json.loads((bundle / "manifest.json").read_text())
+    d["policy"] = "crop"
+    with pytest.raises(PolicyError, match="unknown policy 'crop'") as e:
+        Manifest.from_dict(d)
+    assert isinstance(e.value, BundleError) and isinstance(e.value, InputError)
