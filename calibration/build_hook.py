@@ -19,8 +19,8 @@ from mrdeploy.calibration.api import (
     ProfileCalibration,
     calibrate_profile,
     check_max_drop,
-    load_data,
 )
+from mrdeploy.calibration.sources import load_data
 from mrdeploy.errors import CalibrationError
 from mrdeploy.runtime.manifest import sha256_file
 from mrdeploy.runtime.profiles import Profile
