@@ -6,6 +6,7 @@ file's directory on ``sys.path`` while it loads, so they import this module as `
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -25,3 +26,14 @@ def randomize_bn(model: nn.Module) -> None:
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.1, 0.1)
+
+
+def seeded_eval(cls: type[nn.Module], seed: int | None, **kwargs) -> nn.Module:
+    """``cls(**kwargs)`` in eval mode, its init deterministic with ``seed`` and its BN statistics
+    non-trivial (see :func:`randomize_bn`): what every example factory returns."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = cls(**kwargs)
+    with torch.no_grad():
+        randomize_bn(model)
+    return model.eval()

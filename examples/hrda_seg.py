@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from _conv_blocks import conv_bn_relu, randomize_bn  # examples/_conv_blocks.py (see its docstring)
+from _conv_blocks import conv_bn_relu, seeded_eval  # examples/_conv_blocks.py (see its docstring)
 from torch import nn
 
 
@@ -61,9 +61,4 @@ class HRDASeg(nn.Module):
 
 def hrda_seg(num_classes: int = 4, seed: int | None = 0, **kwargs) -> HRDASeg:
     """The example segmentation net in eval mode; output N x classes x H x W."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = HRDASeg(num_classes=num_classes, **kwargs)
-    with torch.no_grad():
-        randomize_bn(model)
-    return model.eval()
+    return seeded_eval(HRDASeg, seed, num_classes=num_classes, **kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from _conv_blocks import conv_bn_relu, randomize_bn  # examples/_conv_blocks.py (see its docstring)
+from _conv_blocks import conv_bn_relu, seeded_eval  # examples/_conv_blocks.py (see its docstring)
 from torch import nn
 
 
@@ -51,9 +51,4 @@ class SiameseTracker(nn.Module):
 
 def siamese_tracker(seed: int | None = 0, **kwargs) -> SiameseTracker:
     """The example tracker in eval mode: inputs (template, search), output the response map."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = SiameseTracker(**kwargs)
-    with torch.no_grad():
-        randomize_bn(model)
-    return model.eval()
+    return seeded_eval(SiameseTracker, seed, **kwargs)

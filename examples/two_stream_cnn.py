@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from _conv_blocks import conv_bn_relu, randomize_bn  # examples/_conv_blocks.py (see its docstring)
+from _conv_blocks import conv_bn_relu, seeded_eval  # examples/_conv_blocks.py (see its docstring)
 from torch import nn
 
 
@@ -45,9 +45,4 @@ class TwoStreamCNN(nn.Module):
 
 def two_stream_cnn(num_classes: int = 10, seed: int | None = 0, **kwargs) -> TwoStreamCNN:
     """The example CNN in eval mode; ``seed`` makes the init deterministic."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = TwoStreamCNN(num_classes=num_classes, **kwargs)
-    with torch.no_grad():
-        randomize_bn(model)
-    return model.eval()
+    return seeded_eval(TwoStreamCNN, seed, num_classes=num_classes, **kwargs)
