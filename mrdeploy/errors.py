@@ -9,8 +9,8 @@ raises one type wherever it is detected:
 - :class:`OptionError`    a value the user gave (``--model-arg``, a size list, a policy, a threshold
   name) that does not parse or is not one of the choices
 - :class:`PolicyError`    an unknown fit policy (an OptionError), from the CLI, the Python API or a manifest
-- :class:`ToleranceError` outputs that differ from their reference beyond the tolerance (a sweep,
-  a parity gate)
+- :class:`ToleranceError` outputs that differ from their reference beyond the tolerance (the export
+  sweep's SweepError, parity's ParityFailure, calibration's BudgetError)
 - :class:`InputError`, :class:`ProfileError`, :class:`BundleError`, :class:`ExportError`,
   :class:`CalibrationError`, :class:`OutputError`, :class:`BackendUnavailable` as before.
 
@@ -65,3 +65,7 @@ class PolicyError(OptionError, BundleError):
 class ToleranceError(MrdeployError):
     """Outputs that differ from their reference beyond the tolerance; ``.report``, where there is one,
     has every number."""
+
+
+class BudgetError(CalibrationError, ToleranceError):
+    """No INT8 model meets the accuracy budget (``--max-drop``): a calibration failure and a tolerance one."""
