@@ -43,8 +43,9 @@ def parse_sizes(text: str | Sequence, input_names: Sequence[str]) -> list[SizePo
         if isinstance(item, str):
             item = parse_size_item(item)
         if written and len(input_names) > 1 and isinstance(item, tuple) and isinstance(item[0], int):
+            shown = str(item[0]) if item[0] == item[1] else f"{item[0]}x{item[1]}"
             raise OptionError(
-                f"size {'x'.join(map(str, item)) if item[0] != item[1] else str(item[0])!r}: the model has "
+                f"size {shown!r}: the model has "
                 f"{len(input_names)} image inputs ({', '.join(input_names)}); give one size per input, e.g. "
                 + "+".join(f"{n}:128" for n in input_names)
             )
