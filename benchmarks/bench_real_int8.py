@@ -39,15 +39,10 @@ SIZES = [128, 160, 192, 224, 256, 288, 320]
 
 
 def session(path, int8: bool):
-    import onnxruntime as ort
-
+    from mrdeploy._ort import cpu_session
     from mrdeploy.calibration.evaluate import INT8_SESSION_CONFIG
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    for k, v in (INT8_SESSION_CONFIG if int8 else {}).items():
-        so.add_session_config_entry(k, v)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return cpu_session(path, config=INT8_SESSION_CONFIG if int8 else None)
 
 
 def run(sess, x):

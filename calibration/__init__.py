@@ -6,16 +6,15 @@ sizes; ``calibrate_profile`` does one (the builder's int8/auto hook). See calibr
 
 from mrdeploy.calibration.api import (
     CalibrationResult,
-    CalibrationSet,
     ProfileCalibration,
     calibrate,
     calibrate_profile,
-    load_data,
     resolve_profiles,
 )
 from mrdeploy.calibration.cache import load_cache, read_trt_cache
 from mrdeploy.calibration.qdq import targets
 from mrdeploy.calibration.ranges import METHODS
+from mrdeploy.calibration.sources import CalibrationSet, load_data
 
 __all__ = [
     "METHODS",

@@ -14,22 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrdeploy._atomic import atomic_dir, atomic_file, check_output, run_tempdir, write_text_atomic
-from mrdeploy._progress import set_quiet
+from mrdeploy._progress import quiet_progress
 from mrdeploy.calibration import graph
 from mrdeploy.calibration.budget import Budget, fit_budget
-from mrdeploy.calibration.cache import sha256_file, write_cache
+from mrdeploy.calibration.cache import write_cache
 from mrdeploy.calibration.evaluate import Scorer, latency, metric_for
 from mrdeploy.calibration.preprocess import eval_sizes, prepare, profile_sizes
 from mrdeploy.calibration.qdq import activation_type, keep_float, reduce_range, symmetric, write_qdq
 from mrdeploy.calibration.ranges import METHODS, amax, compute_ranges, to_jsonable
-from mrdeploy.calibration.sources import Item, load_samples, take
+from mrdeploy.calibration.sources import load_data
 from mrdeploy.errors import CalibrationError
+from mrdeploy.runtime.manifest import sha256_file
 from mrdeploy.runtime.modelinfo import ModelInfo
-from mrdeploy.runtime.profiles import Profile, check_profile, make_profile, parse_batch, parse_profile
+from mrdeploy.runtime.profiles import Profile, complete_profiles, parse_batch
 
-DEFAULT_HELDOUT = 32
 DEFAULT_METHOD = "minmax"  # entropy clipped the example models' ranges and kept 13 nodes float where minmax kept 5
-MIN_IMAGES = 2
+DEFAULT_SAMPLES = 64  # calibration items per profile (all of them when there are fewer)
 
 
 def check_max_drop(max_drop: float | None) -> None:
@@ -40,77 +40,6 @@ def check_max_drop(max_drop: float | None) -> None:
 # precision=auto serves INT8 only when it is at least this much faster than FP32 at the opt shape:
 # INT8 costs some accuracy, and a smaller gain from a short side-by-side timing is within its noise.
 AUTO_MIN_SPEEDUP = 1.05
-
-
-@dataclass
-class CalibrationSet:
-    """Calibration items, held-out items (never calibrated on) and the data's fingerprint."""
-
-    calib: list[Item]
-    heldout: list[Item]
-    fingerprint: str
-    description: str
-    skipped: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def load_data(data, samples: int = 64, seed: int = 0, heldout=None, channels: int = 3,
-              need_heldout: bool = False) -> CalibrationSet:
-    """Load ``samples`` calibration items from ``data`` and the held-out items: ``heldout`` None (up to
-    32 more items of ``data``, if it has them), an int (exactly that many more), or another data source
-    (a folder, file or callable, as ``data``).
-
-    With fewer than ``samples`` items, all are used (a note says so); when ``need_heldout`` (an accuracy
-    budget) and no held-out data is given, a third of them (at most 32) is held out instead."""
-    if isinstance(data, CalibrationSet):
-        return data
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise CalibrationError(f"--calib-samples must be a whole number >= 1, got {samples!r}")
-    if heldout is not None and not isinstance(heldout, int):
-        loaded = load_samples(data, samples, seed, channels)
-        _enough(loaded, "calibration data")
-        held = load_samples(heldout, 10_000, seed + 1, channels)
-        if len(held.items) < 1:
-            raise CalibrationError(f"held-out data {held.description} has no usable images"
-                                   + (f" ({len(held.skipped)} unreadable files)" if held.skipped else ""))
-        notes = _short_note(loaded, samples)
-        return CalibrationSet(loaded.items, held.items, loaded.fingerprint, loaded.description,
-                              loaded.skipped + held.skipped, notes)
-    extra = DEFAULT_HELDOUT if heldout is None else heldout
-    loaded = load_samples(data, samples + extra, seed, channels)
-    _enough(loaded, "calibration data")
-    if isinstance(heldout, int):
-        if len(loaded.items) < samples + heldout:
-            raise CalibrationError(f"asked for {samples} calibration + {heldout} held-out samples, but "
-                                   f"{loaded.description} gave only {len(loaded.items)} usable ones")
-        calib, rest = take(loaded, samples, "calibration")
-        return CalibrationSet(calib, rest[:heldout], loaded.fingerprint, loaded.description, loaded.skipped)
-    items, notes = loaded.items, []
-    if len(items) < samples + 1 and need_heldout:
-        held_n = min(DEFAULT_HELDOUT, max(1, len(items) // 3))
-        notes.append(f"{loaded.description} has {len(items)} usable images, fewer than --calib-samples "
-                     f"{samples} plus held-out ones: calibrating on {len(items) - held_n} and holding out "
-                     f"{held_n} for the accuracy budget (give --heldout-data for a separate held-out set)")
-        return CalibrationSet(items[held_n:], items[:held_n], loaded.fingerprint, loaded.description,
-                              loaded.skipped, notes)
-    notes = _short_note(loaded, samples)
-    return CalibrationSet(items[:samples], items[samples:samples + extra], loaded.fingerprint,
-                          loaded.description, loaded.skipped, notes)
-
-
-def _enough(loaded, what: str) -> None:
-    if len(loaded.items) < MIN_IMAGES:
-        shown = ", ".join(loaded.skipped[:5]) + (" ..." if len(loaded.skipped) > 5 else "")
-        skipped = f" ({len(loaded.skipped)} unreadable files skipped: {shown})" if loaded.skipped else ""
-        raise CalibrationError(f"{what} {loaded.description}: expected at least {MIN_IMAGES} usable images, "
-                               f"got {len(loaded.items)}{skipped}")
-
-
-def _short_note(loaded, samples: int) -> list[str]:
-    n = len(loaded.items)
-    if n >= samples:
-        return []
-    return [f"{loaded.description} has {n} usable images, fewer than --calib-samples {samples}: calibrating on all {n}"]
 
 
 @dataclass
@@ -378,20 +307,11 @@ class CalibrationResult:
 
 
 def resolve_profiles(profiles: Sequence[Profile | str], info: ModelInfo, batch: str | None = None) -> list[Profile]:
-    """Profiles from Profile objects or ``--profile`` strings, checked against the model's constraints."""
-    out = []
-    channels = {i.name: i.channels for i in info.inputs}
-    divisor = {i.name: i.divisor for i in info.inputs}
-    for k, p in enumerate(profiles):
-        if isinstance(p, str):
-            p = make_profile(parse_profile(p), channels, parse_batch(batch), divisor, k)
-        check_profile(p, divisor, {i.name: i.min_size for i in info.inputs if i.min_size},
-                      {i.name: i.max_size for i in info.inputs if i.max_size})
-        out.append(p)
-    names = [p.name for p in out]
-    if len(set(names)) != len(names):
-        raise CalibrationError(f"profile names must be unique, got {names}")
-    return out
+    """Profiles from Profile objects or ``--profile`` strings, checked against the model's constraints
+    (the same checks as ``build-engine``'s: :func:`mrdeploy.runtime.profiles.complete_profiles`)."""
+    return complete_profiles(
+        profiles, {i.name: i.channels for i in info.inputs}, parse_batch(batch), {i.name: i.divisor for i in info.inputs},
+        {i.name: i.min_size for i in info.inputs if i.min_size}, {i.name: i.max_size for i in info.inputs if i.max_size})
 
 
 def calibrate(
@@ -400,9 +320,9 @@ def calibrate(
     data,
     *,
     output_dir: str | Path,
-    method: str = DEFAULT_METHOD,
+    method: str | None = DEFAULT_METHOD,
     percentile: float = 99.99,
-    samples: int = 64,
+    samples: int | None = DEFAULT_SAMPLES,
     seed: int = 0,
     target: str = "onnxruntime",
     max_drop: float | None = None,
@@ -417,31 +337,33 @@ def calibrate(
 ) -> CalibrationResult:
     """Calibrate every profile; write ``<profile>.onnx`` (Q/DQ), ``<profile>.calib`` (+ ``.calib.json``)
     and ``report.json`` into ``output_dir``, all or nothing (replacing only an earlier calibration output,
-    or with ``force`` another mrdeploy output)."""
+    or with ``force`` another mrdeploy output). ``method``/``samples`` None: the defaults; ``quiet``:
+    no progress bars during this call."""
     check_output(output_dir, "calibration", force)
-    if quiet:
-        set_quiet(True)
+    method = method or DEFAULT_METHOD
+    samples = DEFAULT_SAMPLES if samples is None else samples
     model_path = Path(model_path)
-    info = graph.model_info(graph.load(model_path))
-    resolved = resolve_profiles(profiles, info, batch)
-    if not resolved:
-        raise CalibrationError("no profiles to calibrate: give at least one --profile")
-    channels = info.inputs[0].channels if info.inputs else 3
-    check_max_drop(max_drop)
-    cset = load_data(data, samples, seed, heldout, channels, need_heldout=max_drop is not None)
-    source_fp = sha256_file(model_path)
-    results = []
-    with atomic_dir(output_dir, "calibration", force) as tmp:
-        for p in resolved:
-            results.append(calibrate_profile(
-                model_path, p, cset, qdq_path=tmp / f"{p.name}.onnx", cache_path=tmp / f"{p.name}.calib",
-                method=method, percentile=percentile, samples=samples, seed=seed, target=target,
-                max_drop=max_drop, size_mode=size_mode, precision=precision, metric=metric, threads=threads,
-                source_fingerprint=source_fp,
-            ))
-        result = CalibrationResult(results, Path(output_dir), info.name, source_fp, cset.fingerprint)
-        write_text_atomic(tmp / "report.json", json.dumps(result.report(), indent=1) + "\n")
-        for r in results:  # paths as they will be once the directory is in place
-            r.qdq_path = Path(output_dir) / r.qdq_path.name
-            r.cache_path = Path(output_dir) / r.cache_path.name if r.cache_path else None
+    with quiet_progress(quiet):
+        info = graph.model_info(graph.load(model_path))
+        resolved = resolve_profiles(profiles, info, batch)
+        if not resolved:
+            raise CalibrationError("no profiles to calibrate: give at least one --profile")
+        channels = info.inputs[0].channels if info.inputs else 3
+        check_max_drop(max_drop)
+        cset = load_data(data, samples, seed, heldout, channels, need_heldout=max_drop is not None)
+        source_fp = sha256_file(model_path)
+        results = []
+        with atomic_dir(output_dir, "calibration", force) as tmp:
+            for p in resolved:
+                results.append(calibrate_profile(
+                    model_path, p, cset, qdq_path=tmp / f"{p.name}.onnx", cache_path=tmp / f"{p.name}.calib",
+                    method=method, percentile=percentile, samples=samples, seed=seed, target=target,
+                    max_drop=max_drop, size_mode=size_mode, precision=precision, metric=metric, threads=threads,
+                    source_fingerprint=source_fp,
+                ))
+            result = CalibrationResult(results, Path(output_dir), info.name, source_fp, cset.fingerprint)
+            write_text_atomic(tmp / "report.json", json.dumps(result.report(), indent=1) + "\n")
+            for r in results:  # paths as they will be once the directory is in place
+                r.qdq_path = Path(output_dir) / r.qdq_path.name
+                r.cache_path = Path(output_dir) / r.cache_path.name if r.cache_path else None
     return result

@@ -6,7 +6,7 @@ A few evaluations per block at most, whatever the model:
    the drop falls. One evaluation per block.
 2. **Add blocks back in rank order.** Keeping the k most helpful blocks float is scored for a k found by
    bisection (the drop falls as k grows; about log2 of the block count evaluations). If even all blocks
-   but the least helpful one kept float break the budget, no INT8 model meets it: CalibrationError.
+   but the least helpful one kept float break the budget, no INT8 model meets it: BudgetError (a CalibrationError).
 3. **Put back what did not help.** A chosen block whose own gain was zero is put back into INT8 when the
    budget still holds without it.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mrdeploy._progress import Progress
 from mrdeploy.calibration.evaluate import Score
-from mrdeploy.errors import CalibrationError
+from mrdeploy.errors import BudgetError
 
 
 @dataclass
@@ -64,7 +64,7 @@ def fit_budget(
         return cache[key]
 
     def refuse(detail: str):
-        return CalibrationError(
+        return BudgetError(
             f"profile {name}: --max-drop {max_drop} ({metric}) cannot be met by any INT8 model: the drop is "
             f"{drop:.4f} with every node in INT8, and {detail}; raise --max-drop, calibrate with more or "
             "other data, or build this profile in fp32")

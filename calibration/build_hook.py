@@ -15,16 +15,17 @@ from pathlib import Path
 from mrdeploy._atomic import run_tempdir
 from mrdeploy.calibration.api import (
     DEFAULT_METHOD,
+    DEFAULT_SAMPLES,
     ProfileCalibration,
     calibrate_profile,
     check_max_drop,
-    load_data,
 )
-from mrdeploy.calibration.cache import sha256_file
+from mrdeploy.calibration.sources import load_data
 from mrdeploy.errors import CalibrationError
+from mrdeploy.runtime.manifest import sha256_file
 from mrdeploy.runtime.profiles import Profile
 
-DEFAULT_SAMPLES = 64
+__all__ = ["DEFAULT_METHOD", "DEFAULT_SAMPLES", "CalibOptions", "quantize_for_build"]
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,17 @@ class CalibOptions:
         check_max_drop(self.max_drop)
 
 
-_DATA_CACHE: dict[tuple, object] = {}
+# The last calibration set loaded, with what it was loaded from: every profile of a build uses the same
+# items (at its own sizes). Data given as an object (a callable, arrays) is matched by identity while the
+# entry holds it, so its id cannot be reused by another object.
+_DATA_CACHE: dict[str, object] = {}
 
 
 def _identity(data):
-    """What the loaded set depends on: a folder's file list with sizes and mtimes, a file's size and mtime."""
+    """What the loaded set depends on: a folder's file list with sizes and mtimes, a file's size and mtime;
+    an object stands for itself."""
     if data is None or not isinstance(data, (str, os.PathLike)):
-        return None if data is None else ("object", id(data))
+        return data
     path = Path(data)
     if path.is_dir():
         from mrdeploy.calibration.sources import folder_fingerprint
@@ -67,15 +72,23 @@ def _identity(data):
     return os.fspath(data)
 
 
+def _same(a, b) -> bool:
+    if isinstance(a, tuple | str) and isinstance(b, tuple | str):
+        return a == b
+    return a is b
+
+
 def _data(options: CalibOptions, channels: int):
     """Load the calibration set once per build (every profile uses the same items, at its own sizes)."""
-    key = (_identity(options.data), _identity(options.heldout), options.samples, options.seed, channels,
-           options.max_drop is not None)
-    if key not in _DATA_CACHE:
+    key = (_identity(options.data), _identity(options.heldout))
+    rest = (options.samples, options.seed, channels, options.max_drop is not None)
+    cached = _DATA_CACHE.get("key")
+    if cached is None or cached[1] != rest or not all(_same(a, b) for a, b in zip(cached[0], key)):
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = load_data(options.data, options.samples, options.seed, options.heldout, channels,
-                                     need_heldout=options.max_drop is not None)
-    return _DATA_CACHE[key]
+        loaded = load_data(options.data, options.samples, options.seed, options.heldout, channels,
+                           need_heldout=options.max_drop is not None)
+        _DATA_CACHE.update(key=(key, rest), set=loaded)
+    return _DATA_CACHE["set"]
 
 
 def quantize_for_build(source_path: str | Path, model, profile: Profile, *, precision: str, backend: str,

@@ -10,7 +10,6 @@ changed model or dataset is never served stale ranges.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Mapping
@@ -18,18 +17,11 @@ from pathlib import Path
 
 from mrdeploy._atomic import write_text_atomic
 from mrdeploy.errors import CalibrationError
+from mrdeploy.runtime.manifest import sha256_file  # the one copy (re-exported here)
 
 TRT_CACHE_VERSION = "101601"  # TensorRT 10.16.1, the newest 10.x the project builds against
 ALGORITHMS = {"minmax": "MinMaxCalibration", "entropy": "EntropyCalibration2", "percentile": "EntropyCalibration2"}
 RECORD_VERSION = 1
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def float_to_hex(value: float) -> str:

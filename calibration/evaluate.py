@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrdeploy._ort import cpu_session
 from mrdeploy.calibration.preprocess import chunks, group_by_shape
 from mrdeploy.errors import CalibrationError
 
@@ -39,16 +40,8 @@ INT8_SESSION_CONFIG = {"optimization.disable_specified_optimizers": "WeightBiasQ
 
 
 def session(path: str | Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    for key, value in INT8_SESSION_CONFIG.items():
-        opts.add_session_config_entry(key, value)
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """A CPU session for a calibration candidate (INT8_SESSION_CONFIG applied)."""
+    return cpu_session(path, threads, config=INT8_SESSION_CONFIG)
 
 
 def run_batches(sess, feeds: Sequence[dict[str, np.ndarray]], output: str,

@@ -15,27 +15,9 @@ from mrdeploy.errors import CalibrationError
 from mrdeploy.runtime.images import to_unit
 from mrdeploy.runtime.modelinfo import InputInfo
 from mrdeploy.runtime.profiles import InputRange, Profile
+from mrdeploy.runtime.resize import resize_bilinear
 
 SIZE_MODES = ("spread", "opt", "random")
-
-
-def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).astype(np.float32)
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    np.add.at(m, (np.arange(n_out), lo), 1 - frac)
-    np.add.at(m, (np.arange(n_out), hi), frac)
-    return m
-
-
-def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of the last two axes of a CHW array to ``size`` (H, W)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x.astype(np.float32, copy=False)
-    ah, aw = _interp_matrix(x.shape[-2], size[0]), _interp_matrix(x.shape[-1], size[1])
-    return np.einsum("hi,cij,wj->chw", ah, x.astype(np.float32), aw, optimize=True)
 
 
 def to_chw(a: np.ndarray, info: InputInfo, where: str = "sample") -> tuple[np.ndarray, bool]:
@@ -71,7 +53,7 @@ def prepare(item: Mapping, info: InputInfo, size: tuple[int, int], where: str = 
     if a is None:
         raise CalibrationError(f"{where}: has arrays for {sorted(map(str, item))}, not for input {info.name!r}")
     x, raw = to_chw(a, info, where)
-    x = resize(x, size)
+    x = resize_bilinear(x.astype(np.float32, copy=False), size)
     if raw:
         if info.mean is not None:
             x = x - np.asarray(info.mean, dtype=np.float32)[:, None, None]

@@ -9,6 +9,9 @@ model's only input, or the same image for every input). Arrays are
 Each source also has a ``fingerprint`` (sha256) so a calibration cache made from other data is never
 reused: for a folder, the sorted relative paths with sizes and mtimes; for files, their bytes; for a
 callable or arrays, the arrays themselves.
+
+:func:`load_data` splits what a source gives into the :class:`CalibrationSet`: calibration items and
+held-out items (never calibrated on) for the accuracy budget.
 """
 
 from __future__ import annotations
@@ -195,3 +198,81 @@ def take(samples: Samples, n: int, what: str) -> tuple[list[Item], list[Item]]:
 def iter_chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(seq), size):
         yield seq[i:i + size]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the calibration set: calibration items and held-out items
+
+DEFAULT_HELDOUT = 32
+MIN_IMAGES = 2
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration items, held-out items (never calibrated on) and the data's fingerprint."""
+
+    calib: list[Item]
+    heldout: list[Item]
+    fingerprint: str
+    description: str
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_data(data, samples: int = 64, seed: int = 0, heldout=None, channels: int = 3,
+              need_heldout: bool = False) -> CalibrationSet:
+    """Load ``samples`` calibration items from ``data`` and the held-out items: ``heldout`` None (up to
+    32 more items of ``data``, if it has them), an int (exactly that many more), or another data source
+    (a folder, file or callable, as ``data``).
+
+    With fewer than ``samples`` items, all are used (a note says so); when ``need_heldout`` (an accuracy
+    budget) and no held-out data is given, a third of them (at most 32) is held out instead."""
+    if isinstance(data, CalibrationSet):
+        return data
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise CalibrationError(f"--calib-samples must be a whole number >= 1, got {samples!r}")
+    if heldout is not None and not isinstance(heldout, int):
+        loaded = load_samples(data, samples, seed, channels)
+        _enough(loaded, "calibration data")
+        held = load_samples(heldout, 10_000, seed + 1, channels)
+        if len(held.items) < 1:
+            raise CalibrationError(f"held-out data {held.description} has no usable images"
+                                   + (f" ({len(held.skipped)} unreadable files)" if held.skipped else ""))
+        notes = _short_note(loaded, samples)
+        return CalibrationSet(loaded.items, held.items, loaded.fingerprint, loaded.description,
+                              loaded.skipped + held.skipped, notes)
+    extra = DEFAULT_HELDOUT if heldout is None else heldout
+    loaded = load_samples(data, samples + extra, seed, channels)
+    _enough(loaded, "calibration data")
+    if isinstance(heldout, int):
+        if len(loaded.items) < samples + heldout:
+            raise CalibrationError(f"asked for {samples} calibration + {heldout} held-out samples, but "
+                                   f"{loaded.description} gave only {len(loaded.items)} usable ones")
+        calib, rest = take(loaded, samples, "calibration")
+        return CalibrationSet(calib, rest[:heldout], loaded.fingerprint, loaded.description, loaded.skipped)
+    items, notes = loaded.items, []
+    if len(items) < samples + 1 and need_heldout:
+        held_n = min(DEFAULT_HELDOUT, max(1, len(items) // 3))
+        notes.append(f"{loaded.description} has {len(items)} usable images, fewer than --calib-samples "
+                     f"{samples} plus held-out ones: calibrating on {len(items) - held_n} and holding out "
+                     f"{held_n} for the accuracy budget (give --heldout-data for a separate held-out set)")
+        return CalibrationSet(items[held_n:], items[:held_n], loaded.fingerprint, loaded.description,
+                              loaded.skipped, notes)
+    notes = _short_note(loaded, samples)
+    return CalibrationSet(items[:samples], items[samples:samples + extra], loaded.fingerprint,
+                          loaded.description, loaded.skipped, notes)
+
+
+def _enough(loaded, what: str) -> None:
+    if len(loaded.items) < MIN_IMAGES:
+        shown = ", ".join(loaded.skipped[:5]) + (" ..." if len(loaded.skipped) > 5 else "")
+        skipped = f" ({len(loaded.skipped)} unreadable files skipped: {shown})" if loaded.skipped else ""
+        raise CalibrationError(f"{what} {loaded.description}: expected at least {MIN_IMAGES} usable images, "
+                               f"got {len(loaded.items)}{skipped}")
+
+
+def _short_note(loaded, samples: int) -> list[str]:
+    n = len(loaded.items)
+    if n >= samples:
+        return []
+    return [f"{loaded.description} has {n} usable images, fewer than --calib-samples {samples}: calibrating on all {n}"]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mrdeploy.runtime.resize import resize_bilinear as _resize
+
 DIGIT_CLASSES = [str(i) for i in range(10)]
 SHAPE_CLASSES = ["background", "disc", "rectangle", "triangle"]
 SPLIT_SEED = 20240531
@@ -27,26 +29,10 @@ HELDOUT_FRACTION = 0.2
 # resizing and normalization
 
 
-def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear weights, half-pixel centers (like torch's align_corners=False)."""
-    scale = n_in / n_out
-    src = (np.arange(n_out) + 0.5) * scale - 0.5
-    src = np.clip(src, 0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    m[np.arange(n_out), lo] += 1 - frac
-    m[np.arange(n_out), hi] += frac
-    return m
-
-
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize the last two axes of ``x`` to ``size`` (H, W) with bilinear interpolation."""
-    h, w = size
-    ah = _interp_matrix(x.shape[-2], h)
-    aw = _interp_matrix(x.shape[-1], w)
-    return np.einsum("hi,...ij,wj->...hw", ah, x.astype(np.float32), aw, optimize=True).astype(np.float32)
+    """Resize the last two axes of ``x`` to ``size`` (H, W) with bilinear interpolation (half-pixel
+    centers, like torch's align_corners=False): the runtime's own resize, as float32."""
+    return _resize(np.asarray(x, dtype=np.float32), size)
 
 
 def normalize(x: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:

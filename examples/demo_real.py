@@ -82,8 +82,10 @@ def run(demo, out: Path) -> None:
     ])
 
 
-def report_lines(out: Path, section, bundle_table) -> list[str]:
+def report_lines(out: Path) -> list[str]:
     """The report's section for this part (empty when it did not run)."""
+    from examples.demo_report import bundle_table, section
+
     real = out / "real"
     lines = []
     manifest = real / "bundle" / "manifest.json"

@@ -11,25 +11,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from _conv_blocks import conv_bn_relu, seeded_eval  # examples/_conv_blocks.py (see its docstring)
 from torch import nn
-
-
-def conv_bn_relu(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _randomize_bn(model: nn.Module) -> None:
-    """Give BN non-trivial statistics so an untrained export still exercises BN folding."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
 
 
 class SegNet(nn.Module):
@@ -78,9 +61,4 @@ class HRDASeg(nn.Module):
 
 def hrda_seg(num_classes: int = 4, seed: int | None = 0, **kwargs) -> HRDASeg:
     """The example segmentation net in eval mode; output N x classes x H x W."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = HRDASeg(num_classes=num_classes, **kwargs)
-    with torch.no_grad():
-        _randomize_bn(model)
-    return model.eval()
+    return seeded_eval(HRDASeg, seed, num_classes=num_classes, **kwargs)

@@ -10,15 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from _conv_blocks import conv_bn_relu, seeded_eval  # examples/_conv_blocks.py (see its docstring)
 from torch import nn
-
-
-def conv_bn_relu(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 def stage(cin: int, cout: int) -> nn.Sequential:
@@ -50,21 +43,6 @@ class TwoStreamCNN(nn.Module):
         return self.head(y.mean(dim=(2, 3)))
 
 
-def _randomize_bn(model: nn.Module) -> None:
-    """Give BN non-trivial statistics so an untrained export still exercises BN folding."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
-
-
 def two_stream_cnn(num_classes: int = 10, seed: int | None = 0, **kwargs) -> TwoStreamCNN:
     """The example CNN in eval mode; ``seed`` makes the init deterministic."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = TwoStreamCNN(num_classes=num_classes, **kwargs)
-    with torch.no_grad():
-        _randomize_bn(model)
-    return model.eval()
+    return seeded_eval(TwoStreamCNN, seed, num_classes=num_classes, **kwargs)

@@ -27,6 +27,7 @@ from mrdeploy.exporter.sweep import (
     run_sweep,
 )
 from mrdeploy.runtime.modelinfo import ModelInfo, OutputInfo
+from mrdeploy.runtime.sizes import size_point
 
 MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit for one self-contained .onnx
 
@@ -341,25 +342,15 @@ def _probe(torch_model, example, seed: int):
 
 
 def _validate_sizes(validate_sizes, example, div, lo, hi) -> list[dict[str, tuple[int, int]]] | None:
-    """``"96,160,384x256"`` (every input that size) or ``"112/224,128x128/384x256"`` (one per input)."""
+    """``"96,160,384x256"`` (every input that size), ``"112/224,128x128/384x256"`` (one per input, in
+    order) or ``"small:112+large:224"`` (one per named input): :mod:`mrdeploy.runtime.sizes`."""
     if validate_sizes is None:
         return None
     items = parse_sizes(validate_sizes) if isinstance(validate_sizes, str) else list(validate_sizes)
     names = list(example)
     out = []
     for item in items:
-        if isinstance(item, str | int) and not isinstance(item, bool):
-            item = parse_sizes(str(item))[0]
-        if isinstance(item, Mapping):
-            sizes = {n: as_hw(item[n], "validate size") for n in names if n in item}
-            if set(sizes) != set(names):
-                raise ExportError(f"validate size {dict(item)} must give a size for each input {names}")
-        elif len(item) == 2 and all(isinstance(v, int) for v in item):
-            sizes = {n: (int(item[0]), int(item[1])) for n in names}
-        elif len(item) == len(names):
-            sizes = {n: as_hw(v, "validate size") for n, v in zip(names, item)}
-        else:
-            raise ExportError(f"validate size {item!r}: expected HxW or one HxW per input ({len(names)}: {names})")
+        sizes = size_point(item, names)
         for n, hw in sizes.items():
             check_size(n, hw, div[n], lo[n], hi[n], "validate size")
         out.append(sizes)

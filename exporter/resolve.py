@@ -8,15 +8,7 @@ from collections.abc import Sequence
 
 from mrdeploy.errors import ProfileError
 from mrdeploy.exporter.onnx_model import SourceModel, check_against_model, divisors, size_limits
-from mrdeploy.runtime.profiles import (
-    Profile,
-    ProfileSpec,
-    check_profile,
-    load_profiles_file,
-    make_profile,
-    parse_batch,
-    parse_profile,
-)
+from mrdeploy.runtime.profiles import Profile, ProfileSpec, complete_profiles, load_profiles_file, parse_batch
 
 
 def _default_batch(source: SourceModel) -> tuple[int, int, int]:
@@ -53,34 +45,8 @@ def resolve_profiles(
         b = _default_batch(source)
     else:
         b = parse_batch(batch)
-    div = divisors(source.info)
     lo, hi = size_limits(source.info)
-    out: list[Profile] = []
-    seen: dict[str, int] = {}
-    for index, item in enumerate(items):
-        if isinstance(item, Profile):
-            profile = item
-        else:
-            spec = parse_profile(item) if isinstance(item, str) else item
-            profile = make_profile(spec, source.channels, batch=b, divisor=div, index=index)
-        if profile.name in seen:
-            raise ProfileError(
-                f"profile name {profile.name!r} is used twice (profiles {seen[profile.name] + 1} and {index + 1}): "
-                "expected unique names"
-            )
-        seen[profile.name] = index
-        missing = [n for n in source.channels if n not in profile.inputs]
-        if missing:
-            raise ProfileError(f"profile {profile.name!r}: expected sizes for inputs {list(source.channels)}, missing {missing}")
-        for name, r in profile.inputs.items():
-            if name not in source.channels:
-                raise ProfileError(f"profile {profile.name!r}: the model has no input {name!r} (inputs: {list(source.channels)})")
-            c = source.channels[name]
-            if r.min[1] != c or r.max[1] != c:
-                raise ProfileError(
-                    f"profile {profile.name!r}, input {name!r}: expected {c} channels, got {r.min[1]}-{r.max[1]}"
-                )
-        check_profile(profile, div, lo, hi)
+    out = complete_profiles(items, source.channels, b, divisors(source.info), lo, hi)
+    for profile in out:
         check_against_model(source, profile)
-        out.append(profile)
     return out

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mrdeploy.errors import ExportError
+from mrdeploy.runtime.sizes import parse_hw, parse_size_list
 
 Shape = tuple[int, ...]
 _SHAPE = re.compile(r"^\d+(x\d+)*$")
@@ -43,22 +44,15 @@ def parse_input_shapes(items: Sequence[str]) -> Shape | dict[str, Shape]:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"160"`` -> (160, 160); ``"384x256"`` -> (384, 256) (H x W)."""
-    t = str(text).strip().lower()
-    m = re.fullmatch(r"(\d+)(?:x(\d+))?", t)
-    if not m or int(m.group(1)) < 1 or (m.group(2) and int(m.group(2)) < 1):
-        raise ExportError(f"size {text!r} does not parse: expected S or HxW, e.g. 160 or 384x256")
-    h = int(m.group(1))
-    return h, int(m.group(2) or h)
+    """``"160"`` -> (160, 160); ``"384x256"`` -> (384, 256) (H x W): :func:`mrdeploy.runtime.sizes.parse_hw`."""
+    return parse_hw(text)
 
 
 def parse_sizes(text: str) -> list:
     """``"96,160,384x256"`` -> [(96, 96), (160, 160), (384, 256)]; an item ``"112/224x320"`` gives one
-    size per input, in input order: ((112, 112), (224, 320))."""
-    parts = [p for p in str(text).split(",") if p.strip()]
-    if not parts:
-        raise ExportError(f"size list {text!r} is empty: expected e.g. 96,160,384x256")
-    return [tuple(parse_size(q) for q in p.split("/")) if "/" in p else parse_size(p) for p in parts]
+    size per input, in input order: ((112, 112), (224, 320)); ``"a:112+b:224x320"`` one per named input.
+    The one size-list syntax: :mod:`mrdeploy.runtime.sizes`."""
+    return parse_size_list(text)
 
 
 def as_hw(value: Any, what: str) -> tuple[int, int] | None:

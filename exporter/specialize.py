@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mrdeploy._ort import cpu_session  # re-exported: the one session factory
 from mrdeploy.errors import ExportError
+from mrdeploy.metrics import compare  # re-exported: (max abs error, cosine) of two outputs
 from mrdeploy.runtime.profiles import Profile
 
 SHAPE_OPS = ("Shape", "Size")
@@ -155,18 +157,6 @@ def specialize(model, profile: Profile) -> Specialized:
 # ------------------------------------------------------------------------------------------------ check
 
 
-def cpu_session(model_or_path, threads: int | None = 1):
-    """An ONNX Runtime CPU session (errors only in the log)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    src = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
-    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
-
-
 def check_points(profile: Profile) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
     """(label, shapes) at min, opt and max; identical points (a static profile) are checked once."""
     out, seen = [], set()
@@ -190,21 +180,6 @@ def random_feeds(session, shapes: Mapping[str, Sequence[int]], seed: int = 0) ->
         dtype = _NP_TYPES.get(i.type, np.float32)
         feeds[i.name] = rng.standard_normal(tuple(shapes[i.name])).astype(dtype)
     return feeds
-
-
-def compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
-    """(max abs error, cosine similarity) of two arrays of the same shape."""
-    a = np.asarray(ref, dtype=np.float64).ravel()
-    b = np.asarray(got, dtype=np.float64).ravel()
-    max_abs = float(np.max(np.abs(a - b))) if a.size else 0.0
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 and nb == 0.0:
-        cos = 1.0
-    elif na == 0.0 or nb == 0.0:
-        cos = 0.0
-    else:
-        cos = float(a @ b / (na * nb))
-    return max_abs, cos
 
 
 def check_specialized(

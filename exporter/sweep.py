@@ -17,15 +17,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mrdeploy.errors import ExportError
+from mrdeploy._ort import cpu_session
+from mrdeploy.errors import ExportError, ToleranceError
 from mrdeploy.exporter.shapes import Shape, fmt_shape, round_to
+from mrdeploy.metrics import compare as metrics_compare
 
 DEFAULT_ATOL = 1e-4  # fp32: errors are ~1e-6 of the output scale; a baked shape is off by O(1)
 DEFAULT_RTOL = 1e-4  # relative to the output's scale (max |reference|)
 SCALES = (0.5, 0.75, 1.5, 2.0)
 
 
-class SweepError(ExportError):
+class SweepError(ExportError, ToleranceError):
     """The exported model disagrees with PyTorch at some size; ``report`` holds the whole sweep."""
 
     def __init__(self, message: str, report: SweepReport):
@@ -211,13 +213,8 @@ def exact_grid(report: SweepReport) -> int | None:
 
 def compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float, float]:
     """(max abs error, max abs error / output scale, cosine similarity, output scale)."""
-    ref = ref.astype(np.float64).ravel()
-    got = got.astype(np.float64).ravel()
-    diff = np.abs(got - ref)
-    max_abs = float(diff.max()) if diff.size else 0.0
+    max_abs, cosine = metrics_compare(ref, got)
     scale = float(np.abs(ref).max()) if ref.size else 0.0
-    denom = float(np.linalg.norm(ref) * np.linalg.norm(got))
-    cosine = float(ref @ got / denom) if denom > 0 else (1.0 if max_abs == 0 else 0.0)
     return max_abs, max_abs / max(scale, 1e-12), cosine, scale
 
 
@@ -232,17 +229,12 @@ def run_sweep(
     threads: int | None = None,
 ) -> SweepReport:
     """Run every case through PyTorch and ONNX Runtime; one row per case (worst output)."""
-    import onnxruntime as ort
     import torch
 
     from mrdeploy._progress import Progress
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(onnx_path, threads)
     except Exception as e:
         raise ExportError(f"ONNX Runtime cannot load the exported model: {str(e).strip()[:400]}") from e
     rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@
 The top-level names load their modules on first use, so ``import mrdeploy`` stays light:
 
 - ``export``        torch -> ONNX with dynamic H/W, checked by a resolution sweep (mrdeploy.exporter)
-- ``plan_profiles`` resolution profiles from the sizes real data has (mrdeploy.exporter.plan)
+- ``plan_profiles`` resolution profiles from the sizes real data has (mrdeploy.planning)
 - ``build_engine``  one engine per profile, written as a bundle (mrdeploy.exporter.build)
 - ``calibrate``     per-profile INT8 (Q/DQ) models (mrdeploy.calibration)
 - ``load``          the runtime: a Runner over a bundle (mrdeploy.runtime)
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "export": ("mrdeploy.exporter", "export"),
-    "plan_profiles": ("mrdeploy.exporter.plan", "plan_profiles"),
+    "plan_profiles": ("mrdeploy.planning", "plan_profiles"),
     "build_engine": ("mrdeploy.exporter.build", "build_engine"),
     "calibrate": ("mrdeploy.calibration", "calibrate"),
     "load": ("mrdeploy.runtime", "load"),

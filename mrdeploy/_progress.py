@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -17,6 +18,20 @@ _quiet = False
 def set_quiet(quiet: bool) -> None:
     global _quiet
     _quiet = bool(quiet)
+
+
+@contextlib.contextmanager
+def quiet_progress(quiet: bool = True) -> Iterator[None]:
+    """Silence progress bars inside the ``with`` block (``quiet=False``: leave them as they are), then
+    restore the previous setting: a library call's ``quiet=True`` does not silence the process for good."""
+    global _quiet
+    before = _quiet
+    if quiet:
+        _quiet = True
+    try:
+        yield
+    finally:
+        _quiet = before
 
 
 def enabled() -> bool:

@@ -27,8 +27,7 @@ import numpy as np
 
 from mrdeploy._progress import Progress
 from mrdeploy.errors import InputError, MrdeployError
-from mrdeploy.evaldata import parse_sizes, point_label, point_side
-from mrdeploy.runtime.manifest import Manifest
+from mrdeploy.evaldata import default_sizes, parse_sizes, point_label, point_side, served_by
 
 
 @dataclass
@@ -208,15 +207,7 @@ def bench(
 ) -> BenchReport:
     """Measure the bundle, the dynamic ONNX model (the bundle's model.onnx, or ``reference`` .onnx) and
     the PyTorch model (``reference`` module:factory) at each size; write bench.json/.md/.png to ``out``."""
-    from mrdeploy.parity import _decision, default_sizes
-    from mrdeploy.references import (
-        OnnxReference,
-        TorchReference,
-        quiet_threads,
-        reference_label,
-        split_references,
-    )
-    from mrdeploy.runtime import load
+    from mrdeploy.references import open_subjects
 
     t0 = time.perf_counter()
     if runs < 1 or warmup < 0 or batch < 1:
@@ -224,77 +215,64 @@ def bench(
     threads = int(threads or os.cpu_count() or 1)
     if threads < 1:
         raise InputError(f"threads: expected >= 1, got {threads}")
-    bundle = Path(bundle)
-    manifest = Manifest.read(bundle)
-    model = manifest.model
-    onnx_path, torch_spec = split_references(reference, checkpoint, bundle, manifest.source["artifact"])
-    onnx_ref = OnnxReference(onnx_path, threads=threads, spin=spin)
-    torch_ref = None
-    if torch_spec is not None:
-        torch_ref = TorchReference(torch_spec, onnx_ref.input_names, onnx_ref.output_names,
-                                   checkpoint=checkpoint, model_args=model_args, threads=threads, spin=spin)
-    runner = load(bundle, threads=threads)
-    if not spin:
-        quiet_threads(runner)
-    bundle_policy = policy or manifest.policy
-    input_names = [i.name for i in model.inputs] or onnx_ref.input_names
-    channels = {i.name: i.channels for i in model.inputs}
-    points = parse_sizes(sizes, input_names) if sizes else default_sizes(manifest)
-    entries = {e.name: e for e in manifest.profiles}
-    report = BenchReport(
-        bundle=str(bundle), model=model.name, threads=threads, runs=runs, warmup=warmup, batch=batch, spin=spin,
-        machine=machine_info(torch_ref is not None),
-        references={"onnx": str(onnx_path), "pytorch": reference_label(torch_spec),
-                    "checkpoint": str(checkpoint) if checkpoint else None},
-        profiles=[{"name": e.name, "backend": e.backend, "precision": e.precision,
-                   **{k: list(next(iter(e.profile.inputs.values())).to_dict()[k]) for k in ("min", "opt", "max")}}
-                  for e in manifest.profiles],
-        rows=[],
-    )
-    rng = np.random.default_rng(seed)
-    with Progress(len(points), "bench") as bar:
-        for point in points:
-            label, side = point_label(point), point_side(point)
-            bar.update(0, note=label)
-            name, action = _decision(runner, point, bundle_policy)
-            if name is None:
-                bar.update(1, note=f"{label} refused by policy {bundle_policy!r}")
-                continue
-            feeds = {n: rng.standard_normal((batch, channels.get(n, 3), *point[n]), dtype=np.float32) for n in input_names}
-            calls = {
-                "bundle": lambda f=feeds: runner.run(f, policy=bundle_policy),
-                "onnx": lambda f=feeds: onnx_ref.run(f),
-            }
-            if torch_ref is not None:
-                calls["pytorch"] = lambda f=feeds: torch_ref.run(f)
-            try:
-                times = time_interleaved(calls, runs, warmup)
-            except MrdeployError as e:
-                raise InputError(f"bench at {label}: {e}") from None
-            e = entries[name]
-            series = {
-                "bundle": (f"bundle {e.backend} {e.precision}", name, e.backend, e.precision, action),
-                "onnx": ("onnx dynamic fp32", None, "onnxruntime", "fp32", None),
-                "pytorch": ("pytorch eager fp32", None, "pytorch", "fp32", None),
-            }
-            p50 = {}
-            for target, ts in times.items():
-                s, prof, backend, precision, act = series[target]
-                mean = float(np.mean(ts))
-                row = BenchRow(
-                    size=label, side=side, target=target, series=s, profile=prof, backend=backend,
-                    precision=precision, action=act, batch=batch, runs=len(ts), p50_ms=percentile_ms(ts, 50),
-                    p90_ms=percentile_ms(ts, 90), p99_ms=percentile_ms(ts, 99), mean_ms=mean * 1e3,
-                    min_ms=float(np.min(ts)) * 1e3, throughput=batch / mean,
-                )
-                report.rows.append(row)
-                p50[target] = row.p50_ms
-            report.sizes.append({
-                "size": label, "side": side, "profile": name, "precision": e.precision, "action": action,
-                "speedup_vs_onnx": p50["onnx"] / p50["bundle"],
-                "speedup_vs_pytorch": p50["pytorch"] / p50["bundle"] if "pytorch" in p50 else None,
-            })
-            bar.update(1, note=label)
+    with open_subjects(bundle, reference, checkpoint, model_args, threads, spin=spin) as subjects:
+        manifest, runner, onnx_ref, torch_ref = subjects.manifest, subjects.runner, subjects.onnx, subjects.torch
+        model = manifest.model
+        bundle_policy = policy or manifest.policy
+        input_names = [i.name for i in model.inputs] or onnx_ref.input_names
+        channels = {i.name: i.channels for i in model.inputs}
+        points = parse_sizes(sizes, input_names) if sizes else default_sizes(manifest)
+        entries = {e.name: e for e in manifest.profiles}
+        report = BenchReport(
+            bundle=str(subjects.bundle), model=model.name, threads=threads, runs=runs, warmup=warmup, batch=batch, spin=spin,
+            machine=machine_info(torch_ref is not None),
+            references=subjects.references(), profiles=subjects.profiles(),
+            rows=[],
+        )
+        rng = np.random.default_rng(seed)
+        with Progress(len(points), "bench") as bar:
+            for point in points:
+                label, side = point_label(point), point_side(point)
+                bar.update(0, note=label)
+                name, action = served_by(runner, point, bundle_policy)
+                if name is None:
+                    bar.update(1, note=f"{label} refused by policy {bundle_policy!r}")
+                    continue
+                feeds = {n: rng.standard_normal((batch, channels.get(n, 3), *point[n]), dtype=np.float32) for n in input_names}
+                calls = {
+                    "bundle": lambda f=feeds: runner.run(f, policy=bundle_policy),
+                    "onnx": lambda f=feeds: onnx_ref.run(f),
+                }
+                if torch_ref is not None:
+                    calls["pytorch"] = lambda f=feeds: torch_ref.run(f)
+                try:
+                    times = time_interleaved(calls, runs, warmup)
+                except MrdeployError as e:
+                    raise InputError(f"bench at {label}: {e}") from None
+                e = entries[name]
+                series = {
+                    "bundle": (f"bundle {e.backend} {e.precision}", name, e.backend, e.precision, action),
+                    "onnx": ("onnx dynamic fp32", None, "onnxruntime", "fp32", None),
+                    "pytorch": ("pytorch eager fp32", None, "pytorch", "fp32", None),
+                }
+                p50 = {}
+                for target, ts in times.items():
+                    s, prof, backend, precision, act = series[target]
+                    mean = float(np.mean(ts))
+                    row = BenchRow(
+                        size=label, side=side, target=target, series=s, profile=prof, backend=backend,
+                        precision=precision, action=act, batch=batch, runs=len(ts), p50_ms=percentile_ms(ts, 50),
+                        p90_ms=percentile_ms(ts, 90), p99_ms=percentile_ms(ts, 99), mean_ms=mean * 1e3,
+                        min_ms=float(np.min(ts)) * 1e3, throughput=batch / mean,
+                    )
+                    report.rows.append(row)
+                    p50[target] = row.p50_ms
+                report.sizes.append({
+                    "size": label, "side": side, "profile": name, "precision": e.precision, "action": action,
+                    "speedup_vs_onnx": p50["onnx"] / p50["bundle"],
+                    "speedup_vs_pytorch": p50["pytorch"] / p50["bundle"] if "pytorch" in p50 else None,
+                })
+                bar.update(1, note=label)
     if not report.sizes:
         raise InputError(f"bench: every size was refused by the bundle's policy {bundle_policy!r}")
     report.seconds = time.perf_counter() - t0

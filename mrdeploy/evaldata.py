@@ -1,4 +1,4 @@
-"""Inputs for parity and bench at any resolution: labeled example data, a folder of images, or noise.
+"""Sizes and inputs for parity and bench at any resolution: labeled example data, a folder of images, or noise.
 
 ``EvalData(spec, model)``: ``spec`` is ``"digits"`` (held-out digits, labeled), ``"shapes"`` (held-out
 generated scenes with masks), a directory of images (labeled when its subfolders are named after the
@@ -6,7 +6,8 @@ model's labels), or None (seeded standard-normal noise). ``data.batch({"input": 
 feeds ``{name: (N, C, h, w) float32}`` and the labels (``(N,)`` classes, ``(N, h, w)`` masks, or None).
 
 Sizes on the command line: ``96,128,200x160`` (one image input) or ``template:128+search:256`` (a size
-per input, ``+`` between inputs, ``,`` between points).
+per input, ``+`` between inputs, ``,`` between points; ``128/256`` in input order): see
+:mod:`mrdeploy.runtime.sizes`.
 """
 
 from __future__ import annotations
@@ -18,71 +19,102 @@ from pathlib import Path
 
 import numpy as np
 
-from mrdeploy.errors import InputError
+from mrdeploy.errors import InputError, MrdeployError, OptionError
+from mrdeploy.runtime.manifest import Manifest
 from mrdeploy.runtime.modelinfo import ModelInfo
+from mrdeploy.runtime.sizes import parse_hw, parse_size_item, parse_size_list, point_label, size_point
+
+__all__ = ["EvalData", "SizePoint", "default_sizes", "examples_data", "parse_hw", "parse_sizes", "point_label",
+           "point_side", "served_by"]
 
 HW = tuple[int, int]
 SizePoint = dict[str, HW]
 
 
-def parse_hw(text: str) -> HW:
-    text = text.strip().lower()
-    try:
-        if "x" in text:
-            h, w = text.split("x", 1)
-            hw = (int(h), int(w))
-        else:
-            hw = (int(text), int(text))
-    except ValueError:
-        raise InputError(f"size {text!r} does not parse: expected SIDE or HxW (e.g. 128 or 200x160)") from None
-    if hw[0] <= 0 or hw[1] <= 0:
-        raise InputError(f"size {text!r}: expected positive sides, got {hw[0]}x{hw[1]}")
-    return hw
-
-
 def parse_sizes(text: str | Sequence, input_names: Sequence[str]) -> list[SizePoint]:
-    """``"96,128,200x160"`` or a list of sides / (h, w) / dicts -> one SizePoint per item."""
-    items = [t for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text)
+    """``"96,128,200x160"`` or a list of sides / (h, w) / dicts -> one SizePoint per item (the syntax:
+    :mod:`mrdeploy.runtime.sizes`). With several inputs a single size is refused: give one per input."""
+    items = parse_size_list(text) if isinstance(text, str) else list(text)
     if not items:
         raise InputError("sizes: expected at least one size (e.g. 96,128,200x160), got none")
     points = []
     for item in items:
-        if isinstance(item, Mapping):
-            point = {k: tuple(int(v) for v in (hw if not isinstance(hw, int) else (hw, hw))) for k, hw in item.items()}
-        elif isinstance(item, (int, np.integer)):
-            point = {n: (int(item), int(item)) for n in input_names}
-        elif isinstance(item, (tuple, list)):
-            point = {n: (int(item[0]), int(item[1])) for n in input_names}
-        elif "+" in str(item) or ":" in str(item):
-            point = {}
-            for part in str(item).split("+"):
-                name, _, hw = part.partition(":")
-                point[name.strip()] = parse_hw(hw)
-        else:
-            if len(input_names) > 1:
-                raise InputError(
-                    f"size {str(item).strip()!r}: the model has {len(input_names)} image inputs "
-                    f"({', '.join(input_names)}); give one size per input, e.g. "
-                    + "+".join(f"{n}:128" for n in input_names)
-                )
-            point = {n: parse_hw(str(item)) for n in input_names}
-        if sorted(point) != sorted(input_names):
-            raise InputError(f"size {item!r}: expected a size for inputs {list(input_names)}, got {list(point)}")
-        points.append({n: point[n] for n in input_names})
+        written = isinstance(text, str) or isinstance(item, str)
+        if isinstance(item, str):
+            item = parse_size_item(item)
+        if written and len(input_names) > 1 and isinstance(item, tuple) and isinstance(item[0], int):
+            shown = str(item[0]) if item[0] == item[1] else f"{item[0]}x{item[1]}"
+            raise OptionError(
+                f"size {shown!r}: the model has "
+                f"{len(input_names)} image inputs ({', '.join(input_names)}); give one size per input, e.g. "
+                + "+".join(f"{n}:128" for n in input_names)
+            )
+        points.append(size_point(item, input_names))
     return points
-
-
-def point_label(point: Mapping[str, HW]) -> str:
-    """``{"input": (128, 96)}`` -> ``"128x96"``; several inputs -> ``"template:128x128+search:256x256"``."""
-    if len(point) == 1:
-        h, w = next(iter(point.values()))
-        return f"{h}x{w}"
-    return "+".join(f"{n}:{h}x{w}" for n, (h, w) in point.items())
 
 
 def point_side(point: Mapping[str, HW]) -> float:
     """One number for plots: sqrt(H*W) of the largest input (the side for square inputs)."""
     return max(float(np.sqrt(h * w)) for h, w in point.values())
+
+
+def default_sizes(manifest: Manifest) -> list[SizePoint]:
+    """Each profile's min, opt and max; between neighbouring profiles; one non-square size; one below
+    and one above all profiles (inside the model's valid range). Sorted by area, no duplicates."""
+    info = {i.name: i for i in manifest.model.inputs}
+    names = list(manifest.profiles[0].profile.inputs)
+    profiles = sorted(manifest.profile_list, key=lambda p: p.area("max"))
+    points: list[SizePoint] = []
+
+    def add(point: SizePoint) -> None:
+        if point not in points:
+            points.append(point)
+
+    def snap(v: float, name: str) -> int:
+        d = max(1, info[name].divisor if name in info else 1)
+        return max(d, int(round(v / d)) * d)
+
+    for p in profiles:
+        for which in ("min", "opt", "max"):
+            add({n: tuple(getattr(r, which)[-2:]) for n, r in p.inputs.items()})
+    for a, b in zip(profiles, profiles[1:]):
+        add({n: tuple(snap((a.inputs[n].max[k] + b.inputs[n].min[k]) / 2 if b.inputs[n].min[k] > a.inputs[n].max[k]
+                           else (a.inputs[n].opt[k] + b.inputs[n].opt[k]) / 2, n) for k in (-2, -1)) for n in names})
+    widest = max(profiles, key=lambda p: sum(r.max[-2] - r.min[-2] + r.max[-1] - r.min[-1] for r in p.inputs.values()))
+    rect = {n: (r.min[-2], r.max[-1]) for n, r in widest.inputs.items()}
+    if any(h != w for h, w in rect.values()):
+        add(rect)
+    lo, hi = profiles[0], profiles[-1]
+    below, above = {}, {}
+    for n in names:
+        d = max(1, info[n].divisor if n in info else 1)
+        vmin = info[n].min_size if n in info and info[n].min_size else (d, d)
+        vmax = info[n].max_size if n in info and info[n].max_size else None
+        step = max(d, 8 // d * d)
+        below[n] = tuple(max(vmin[k], lo.inputs[n].min[-2 + k] - 2 * step) for k in (0, 1))
+        above[n] = tuple(hi.inputs[n].max[-2 + k] + 2 * step for k in (0, 1))
+        if vmax is not None:
+            above[n] = tuple(min(vmax[k], above[n][k]) for k in (0, 1))
+    for extra in (below, above):
+        if not any(p.contains({n: (r.min[0], r.min[1], *extra[n]) for n, r in p.inputs.items()}) for p in profiles):
+            add({n: tuple(int(v) for v in hw) for n, hw in extra.items()})
+    return sorted(points, key=lambda pt: (sum(h * w for h, w in pt.values()), list(pt.values())))
+
+
+def served_by(runner, point: SizePoint, policy: str) -> tuple[str | None, str]:
+    """The Runner's choice at a size: (profile name, "exact" | "pad" | "resize"); (None, "error") when
+    the policy refuses the size."""
+    (h, w) = next(iter(point.values()))
+    try:
+        if len(point) == 1:
+            d = runner.select(1, h, w, policy=policy)
+        else:
+            d = runner.select({n: (1, *hw) for n, hw in point.items()}, policy=policy)
+    except MrdeployError:
+        return None, "error"
+    name = getattr(d, "profile", None) or getattr(d, "name", None)
+    name = getattr(name, "name", name)
+    return name, getattr(d, "action", "exact")
 
 
 def examples_data():

@@ -43,6 +43,14 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.clip(cos, -1.0, 1.0)))
 
 
+def compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """(max abs error, cosine similarity) of two arrays taken whole (flattened, same size): the check
+    of an exported or specialized model against its source."""
+    a = np.asarray(ref).reshape(1, -1)
+    b = np.asarray(got).reshape(1, -1)
+    return max_abs_error(a, b), cosine(a, b)
+
+
 def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of samples whose argmax over the last axis (classes) is the same in ``a`` and ``b``."""
     _same_shape(a, b)

@@ -7,12 +7,15 @@ PyTorch reference is asked for; ONNX Runtime only when an ONNX one is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mrdeploy._ort import cpu_session
 from mrdeploy.errors import InputError
 
 
@@ -22,20 +25,11 @@ class OnnxReference:
     kind = "onnx"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, spin: bool = False):
-        import onnxruntime as ort
-
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"reference ONNX model {self.path}: no such file")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        if not spin:  # no busy-waiting after a call: another model timed next gets the cores
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        try:  # spin=False: no busy-waiting after a call, another model timed next gets the cores
+            self.session = cpu_session(self.path, threads, spin=spin)
         except Exception as e:  # onnxruntime raises its own exception types
             raise InputError(f"reference ONNX model {self.path}: ONNX Runtime cannot load it ({e})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -66,7 +60,7 @@ class TorchReference:
         threads: int | None = None,
         spin: bool = False,
     ):
-        if not spin:  # before torch (and its OpenMP runtime) is first imported; see quiet_threads()
+        if not spin:  # before torch (and its OpenMP runtime) is first imported; see quiet_manifest()
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
 
@@ -93,8 +87,9 @@ class TorchReference:
         return {name: v.detach().float().numpy() for name, v in zip(self.output_names, values)}
 
 
-def quiet_threads(runner) -> None:
-    """Turn off ONNX Runtime's spin-waiting in a Runner's engines (in memory; the bundle is untouched).
+def quiet_manifest(manifest):
+    """A copy of ``manifest`` whose ONNX Runtime entries do not spin-wait (the bundle and ``manifest`` are
+    untouched).
 
     Parity and bench run several models one after another on the same cores. ONNX Runtime's intra-op
     threads busy-wait after each call by default, as do PyTorch's OpenMP threads, and those spinning
@@ -102,10 +97,66 @@ def quiet_threads(runner) -> None:
     So every ORT session made here runs with ``session.intra_op.allow_spinning=0`` and PyTorch with
     ``OMP_WAIT_POLICY=PASSIVE``.
     """
-    for e in runner.entries:
-        if e.backend == "onnxruntime":
-            config = {**(e.options.get("session_config") or {}), "session.intra_op.allow_spinning": "0"}
-            e.options = {**e.options, "session_config": config}
+    def quiet(e):
+        if e.backend != "onnxruntime":
+            return e
+        config = {**(e.options.get("session_config") or {}), "session.intra_op.allow_spinning": "0"}
+        return dataclasses.replace(e, options={**e.options, "session_config": config})
+
+    return dataclasses.replace(manifest, profiles=[quiet(e) for e in manifest.profiles])
+
+
+@dataclass
+class Subjects:
+    """What parity and bench measure: the bundle's Runner and manifest, the ONNX reference and the
+    PyTorch one (or None). A context manager: leaving it closes the Runner's engines."""
+
+    bundle: Path
+    manifest: object  # mrdeploy.runtime.Manifest
+    runner: object  # mrdeploy.runtime.Runner
+    onnx: OnnxReference
+    torch: TorchReference | None
+    torch_spec: object
+    checkpoint: str | os.PathLike | None
+
+    def references(self) -> dict:
+        """The report's ``references``: {"onnx": path, "pytorch": spec | None, "checkpoint": path | None}."""
+        return {"onnx": str(self.onnx.path), "pytorch": reference_label(self.torch_spec),
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None}
+
+    def profiles(self) -> list[dict]:
+        """The report's ``profiles``: name, backend, precision and the first input's min/opt/max."""
+        return [{"name": e.name, "backend": e.backend, "precision": e.precision,
+                 **{k: list(next(iter(e.profile.inputs.values())).to_dict()[k]) for k in ("min", "opt", "max")}}
+                for e in self.manifest.profiles]
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> Subjects:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_subjects(bundle: str | os.PathLike, reference=None, checkpoint: str | os.PathLike | None = None,
+                  model_args: Mapping | None = None, threads: int | None = None, spin: bool = False) -> Subjects:
+    """Read the bundle and open the references and a Runner over it (``spin=False``: none of them
+    spin-waits between calls, see :func:`quiet_manifest`)."""
+    from mrdeploy.runtime import Manifest, Runner
+
+    bundle = Path(bundle)
+    manifest = Manifest.read(bundle)
+    onnx_path, torch_spec = split_references(reference, checkpoint, bundle, manifest.source["artifact"])
+    onnx_ref = OnnxReference(onnx_path, threads=threads, spin=spin)
+    torch_ref = None
+    if torch_spec is not None:
+        torch_ref = TorchReference(torch_spec, onnx_ref.input_names, onnx_ref.output_names,
+                                   checkpoint=checkpoint, model_args=model_args, threads=threads, spin=spin)
+    bundle_dir = bundle.parent if bundle.is_file() else bundle
+    runner = Runner(bundle_dir, manifest if spin else quiet_manifest(manifest), threads=threads)
+    return Subjects(bundle, manifest, runner, onnx_ref, torch_ref, torch_spec, checkpoint)
 
 
 def load_torch_model(spec: str, checkpoint: str | os.PathLike | None = None, model_args: Mapping | None = None):

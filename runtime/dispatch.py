@@ -16,11 +16,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mrdeploy.errors import InputError
+from mrdeploy.errors import InputError, PolicyError
 from mrdeploy.runtime import profiles as P
 from mrdeploy.runtime.profiles import Profile
 
 POLICIES = ("pad", "resize", "letterbox", "error")
+
+
+def check_policy(policy: str) -> None:
+    """PolicyError (the one type for an unknown policy, wherever it is given) unless ``policy`` is known."""
+    if policy not in POLICIES:
+        raise PolicyError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
+
 Shape = tuple[int, ...]
 
 
@@ -73,8 +80,7 @@ def decide(
     divisors: Mapping[str, int],
 ) -> Decision:
     """The Decision for full NCHW ``shapes`` (already checked for rank and channels)."""
-    if policy not in POLICIES:
-        raise InputError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
+    check_policy(policy)
     shapes = {n: tuple(int(d) for d in s) for n, s in shapes.items()}
 
     batch_fit = [p for p in profiles if _batch_ok(p, shapes)]

@@ -280,6 +280,49 @@ def check_profile(
             )
 
 
+def complete_profiles(
+    items: Iterable[str | ProfileSpec | Profile],
+    channels: Mapping[str, int],
+    batch: tuple[int, int, int] = (1, 1, 1),
+    divisor: Mapping[str, int] | None = None,
+    min_size: Mapping[str, HW | None] | None = None,
+    max_size: Mapping[str, HW | None] | None = None,
+) -> list[Profile]:
+    """``--profile`` strings, specs or Profiles -> Profiles checked against one model's image inputs
+    (``channels``: name -> channel count, in the model's order): unique names, a size for every input
+    and no other, the model's channel counts, min <= opt <= max, the divisor, the valid size range.
+    The one resolver behind ``build-engine`` and ``calibrate``."""
+    divisor = dict(divisor or {})
+    out: list[Profile] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, Profile):
+            profile = item
+        else:
+            spec = parse_profile(item) if isinstance(item, str) else item
+            profile = make_profile(spec, channels, batch=batch, divisor=divisor, index=index)
+        if profile.name in seen:
+            raise ProfileError(
+                f"profile name {profile.name!r} is used twice (profiles {seen[profile.name] + 1} and {index + 1}): "
+                "expected unique names"
+            )
+        seen[profile.name] = index
+        missing = [n for n in channels if n not in profile.inputs]
+        if missing:
+            raise ProfileError(f"profile {profile.name!r}: expected sizes for inputs {list(channels)}, missing {missing}")
+        for name, r in profile.inputs.items():
+            if name not in channels:
+                raise ProfileError(f"profile {profile.name!r}: the model has no input {name!r} (inputs: {list(channels)})")
+            c = channels[name]
+            if r.min[1] != c or r.max[1] != c:
+                raise ProfileError(
+                    f"profile {profile.name!r}, input {name!r}: expected {c} channels, got {r.min[1]}-{r.max[1]}"
+                )
+        check_profile(profile, divisor, min_size, max_size)
+        out.append(profile)
+    return out
+
+
 def select(profiles: Iterable[Profile], shapes: Mapping[str, Sequence[int]]) -> Profile | None:
     """Triton's rule: the profiles containing every input shape, then the nearest opt. None if none does."""
     fitting = [p for p in profiles if p.contains(shapes)]

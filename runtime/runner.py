@@ -31,7 +31,7 @@ import numpy as np
 from mrdeploy.errors import BundleError, InputError, MrdeployError
 from mrdeploy.runtime.backends.base import Engine
 from mrdeploy.runtime.backends.registry import get_backend
-from mrdeploy.runtime.dispatch import POLICIES, Decision, decide
+from mrdeploy.runtime.dispatch import Decision, check_policy, decide
 from mrdeploy.runtime.fitting import fit_inputs, restore_outputs
 from mrdeploy.runtime.manifest import Manifest, ProfileEntry, verify_artifacts, verify_entry_files
 from mrdeploy.runtime.modelinfo import OutputInfo
@@ -95,8 +95,7 @@ class Runner:
         self._by_name = {e.name: e for e in self.entries}
         self.policy = policy if policy is not None else manifest.policy
         self.pad_mode = getattr(manifest, "pad_mode", "zero")  # zero | reflect | edge
-        if self.policy not in POLICIES:
-            raise InputError(f"unknown policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
+        check_policy(self.policy)
         if max_loaded is not None and int(max_loaded) < 1:
             raise InputError(f"max_loaded must be at least 1, got {max_loaded}")
         self.max_loaded = int(max_loaded) if max_loaded is not None else None

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from mrdeploy.errors import BundleError
+from mrdeploy.errors import BundleError, PolicyError
 from mrdeploy.runtime.modelinfo import TASKS
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -199,7 +199,7 @@ def check_manifest(d, where: str, supported_versions: tuple[int, ...], policies:
         raise BundleError(f"{where}: missing {', '.join(missing)}")
     check_model(d["model"], where)
     if "policy" in d and d["policy"] not in policies:
-        raise BundleError(f"{where}: unknown policy {_short(d['policy'])}, expected one of {', '.join(policies)}")
+        raise PolicyError(f"{where}: unknown policy {_short(d['policy'])}, expected one of {', '.join(policies)}")
     source = d["source"]
     if not isinstance(source, Mapping) or "artifact" not in source or "sha256" not in source:
         raise BundleError(f"{where}: source must be {{artifact, sha256}}, got {_short(source)}")

@@ -138,7 +138,7 @@ def _sizes(n=100, seed=0):
 @pytest.mark.parametrize("mode", ["ranged", "static"])
 def test_every_size_the_plan_counted_is_served_by_a_profile_holding_it(tmp_path, mode):
     """Ranged plans had min = the rounded-up size (96x117 outside 88x120-112x144): 21 of 100 resized."""
-    from mrdeploy.exporter.plan import file_policy, plan_profiles
+    from mrdeploy.planning import file_policy, plan_profiles
 
     sizes = _sizes()
     plan = plan_profiles(sizes, 3, divisor=8, mode=mode)

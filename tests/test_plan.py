@@ -10,7 +10,7 @@ from PIL import Image
 
 from mrdeploy.cli import main
 from mrdeploy.errors import InputError, ProfileError
-from mrdeploy.exporter.plan import brute_force_cost, plan_profiles, sizes_from
+from mrdeploy.planning import brute_force_cost, plan_profiles, sizes_from
 from mrdeploy.runtime.manifest import Manifest
 from mrdeploy.runtime.profiles import (
     load_profiles_file,

@@ -146,7 +146,7 @@ def deploy(name: str, workdir: str | Path, precisions=("fp32", "int8"), calib_sa
     from mrdeploy.exporter import export
     from mrdeploy.exporter.build import build_bundle
     from mrdeploy.exporter.loading import load_model
-    from mrdeploy.exporter.plan import plan_profiles, sizes_from
+    from mrdeploy.planning import plan_profiles, sizes_from
 
     fam = FAMILIES[name]
     work = Path(workdir)

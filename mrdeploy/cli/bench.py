@@ -4,31 +4,34 @@ from __future__ import annotations
 
 import click
 
+from mrdeploy.cli.options import (
+    parse_model_args,
+    policy_option,
+    reference_options,
+    report_options,
+    sizes_option,
+)
+
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path())
-@click.option("--sizes", metavar="LIST", help="Sizes, e.g. 96,128,200x160 (default: every profile's "
-              "min/opt/max, between and outside the profiles).")
-@click.option("--reference", "-r", "references", multiple=True, metavar="MODEL.onnx|module:factory",
-              help="Also time a PyTorch model (module:factory or path.py:factory); an .onnx replaces the "
-                   "bundle's model.onnx as the dynamic ONNX model. Repeatable.")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Weights for the PyTorch model.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Keyword for the factory.")
+@sizes_option("Sizes")
+@reference_options(
+    reference_help="Also time a PyTorch model (module:factory or path.py:factory); an .onnx replaces the "
+                   "bundle's model.onnx as the dynamic ONNX model. Repeatable.",
+    checkpoint_help="Weights for the PyTorch model.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for every target (default: all cores).")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per size and target.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of every call.")
 @click.option("--spin", is_flag=True, help="Let ONNX Runtime/OpenMP threads busy-wait between calls (their "
               "default; unfair when targets are interleaved on shared cores).")
-@click.option("--policy", type=click.Choice(["pad", "resize", "letterbox", "error"]), help="Override the bundle's policy.")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default="bench-report", show_default=True,
-              help="Directory for bench.json, bench.md and bench.png.")
-@click.option("--no-plot", is_flag=True, help="Skip the PNG.")
+@policy_option()
+@report_options("bench-report", "bench")
 def command(bundle, sizes, references, checkpoint, model_args, threads, runs, warmup, batch, spin, policy,
             out, no_plot) -> None:
     """Time the bundle per resolution, side by side with the dynamic ONNX model and PyTorch eager."""
     from mrdeploy.bench import bench
-    from mrdeploy.cli.parity import parse_model_args
 
     report = bench(bundle, sizes=sizes, reference=list(references) or None, checkpoint=checkpoint,
                    threads=threads, runs=runs, warmup=warmup, batch=batch,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mrdeploy.cli import choices
+from mrdeploy.cli.options import calibration_options, force_option, policy_option
 
 
 @click.command("build-engine")
@@ -21,8 +22,7 @@ from mrdeploy.cli import choices
               help="A registered backend (ONNX Runtime, TensorRT, OpenVINO, ...).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]), default="fp32", show_default=True,
               help="What the backend builds: bf16 is OpenVINO's, on a CPU with bf16 instructions.")
-@click.option("--policy", type=click.Choice(["pad", "resize", "letterbox", "error"]), default=None,
-              help="What the runtime does with a size no profile contains [default: resize for "
+@policy_option(help="What the runtime does with a size no profile contains [default: resize for "
                    "classification, pad for segmentation/dense and any model with spatial outputs]; "
                    "letterbox resizes keeping the aspect ratio and pads the rest.")
 @click.option("--pad-mode", type=click.Choice(["zero", "reflect", "edge"]), default="zero", show_default=True,
@@ -37,14 +37,11 @@ from mrdeploy.cli import choices
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file: read if present, updated after the build.")
 @click.option("--hardware-compatible", is_flag=True, help="TensorRT engines that run on any Ampere or newer GPU.")
 @click.option("--threads", type=click.IntRange(min=0), help="Inference threads recorded in the bundle (ONNX Runtime intra-op threads, OpenVINO INFERENCE_NUM_THREADS; 0: the backend's default).")
-@click.option("--calib-data", type=click.Path(), help="Calibration images (int8/auto).")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None, help="INT8 calibration method (int8/auto) [default: minmax, which kept the examples closest to FP32].")
-@click.option("--calib-samples", type=click.IntRange(min=1), help="Calibration images per profile (int8/auto) [default: 64, or all when fewer].")
-@click.option("--heldout-data", type=click.Path(), help="Held-out images for the accuracy budget, never calibrated on [default: a part of --calib-data].")
-@click.option("--max-drop", type=float, help="Accuracy budget per profile, a fraction in [0, 1): 0.03 = 3 points of top-1 agreement with FP32 (int8/auto).")
+@calibration_options(data_required=False, data_help="Calibration images (int8/auto): a folder, a .npy/.npz "
+                     "file or module:callable.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--force", is_flag=True, help="Replace another mrdeploy output at -o (a calibration output); an "
-              "existing bundle is always replaced, a directory mrdeploy did not write never.")
+@force_option("Replace another mrdeploy output at -o (a calibration output); an existing bundle is always "
+             "replaced, a directory mrdeploy did not write never.")
 def command(model, output, profiles, profiles_file, batch, backend, precision, policy, pad_mode, divisor, spatial_outputs,
             mean, std, min_size, max_size, workspace, timing_cache, hardware_compatible, threads, calib_data,
             calib_method, calib_samples, heldout_data, max_drop, quiet, force):

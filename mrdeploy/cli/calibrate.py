@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mrdeploy.cli import choices
+from mrdeploy.cli.options import calibration_options, force_option
 
 
 @click.command("calibrate")
@@ -12,23 +13,14 @@ from mrdeploy.cli import choices
 @click.option("--profile", "profiles", multiple=True, required=True,
               help="Resolution profile, e.g. small=96-160@128 (repeat for several).")
 @click.option("--batch", default=None, help="Batch range for every profile, e.g. 1-8@1 (default 1).")
-@click.option("--calib-data", "data", required=True,
-              help="Calibration data: a folder of JPEG/PNG images (recursive), a .npy/.npz file, or module:callable.")
+@calibration_options(data_required=True, data_help="Calibration data: a folder of JPEG/PNG images (recursive), "
+                     "a .npy/.npz file, or module:callable.")
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="Output directory (replaced whole, only on success, and only if mrdeploy wrote it).")
-@click.option("--calib-method", "method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True)
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
-@click.option("--calib-samples", "samples", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Calibration samples per profile (each resized to sizes inside the profile).")
 @click.option("--heldout", type=click.IntRange(min=0), default=None,
               help="Held-out samples (more items of --calib-data, never calibrated on) for the accuracy check "
                    "[default: up to 32].")
-@click.option("--heldout-data", type=click.Path(), default=None,
-              help="Separate held-out images for the accuracy budget (instead of --heldout more items of --calib-data).")
-@click.option("--max-drop", type=float, default=None,
-              help="Accuracy budget per profile as a fraction (0.01 = 1 point of top-1 agreement with FP32); "
-                   "blocks that break it stay float.")
 @click.option("--metric", type=click.Choice(["top1", "pixel", "cosine"]), default=None,
               help="Budget metric [default: top1 for classification, pixel for segmentation, else cosine].")
 @click.option("--target", type=choices.calibration_targets(), default="onnxruntime", show_default=True,
@@ -41,10 +33,10 @@ from mrdeploy.cli import choices
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads for evaluation and timing.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-@click.option("--force", is_flag=True, help="Replace another mrdeploy output at -o (a bundle); an earlier "
-              "calibration output is always replaced, a directory mrdeploy did not write never.")
-def command(model, profiles, batch, data, output, method, percentile, samples, heldout, heldout_data, max_drop, metric, target,
-            size_mode, precision, threads, seed, as_json, force) -> None:
+@force_option("Replace another mrdeploy output at -o (a bundle); an earlier calibration output is always "
+             "replaced, a directory mrdeploy did not write never.")
+def command(model, profiles, batch, calib_data, output, calib_method, percentile, calib_samples, heldout, heldout_data,
+            max_drop, metric, target, size_mode, precision, threads, seed, as_json, force) -> None:
     """Calibrate MODEL.onnx for INT8 per resolution profile, at each profile's own sizes."""
     import json
 
@@ -55,7 +47,8 @@ def command(model, profiles, batch, data, output, method, percentile, samples, h
     if heldout_data is not None:
         heldout = heldout_data
     result = calibrate(
-        model, list(profiles), data, output_dir=output, method=method, percentile=percentile, samples=samples,
+        model, list(profiles), calib_data, output_dir=output, method=calib_method, percentile=percentile,
+        samples=calib_samples,
         seed=seed, target=target, max_drop=max_drop, heldout=heldout, size_mode=size_mode, precision=precision,
         metric=metric, batch=batch, threads=threads, force=force,
     )
@@ -65,5 +58,5 @@ def command(model, profiles, batch, data, output, method, percentile, samples, h
     click.echo(result.table())
     skipped = max((len(p.skipped) for p in result.profiles), default=0)
     if skipped:
-        click.echo(f"skipped {skipped} unreadable file(s) in {data}", err=True)
+        click.echo(f"skipped {skipped} unreadable file(s) in {calib_data}", err=True)
     click.echo(f"wrote {len(result.profiles)} Q/DQ model(s), calibration caches and report.json to {output}")

@@ -2,45 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
+from mrdeploy.cli.options import force_option, model_options, parse_model_args, parse_value
 from mrdeploy.errors import ExportError
 
-
-def parse_value(text: str):
-    """``--model-arg`` values: int, float, true/false, none, JSON lists/dicts, a,b,c lists, else str."""
-    t = text.strip()
-    low = t.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for conv in (int, float):
-        try:
-            return conv(t)
-        except ValueError:
-            pass
-    if t[:1] in "[{":
-        try:
-            return json.loads(t)
-        except json.JSONDecodeError as e:
-            raise ExportError(f"model argument value {text!r} looks like JSON but does not parse: {e}") from e
-    if "," in t:
-        return [parse_value(p) for p in t.split(",")]
-    return t
-
-
-def parse_model_args(items) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ExportError(f"--model-arg {item!r} does not parse: expected key=value, e.g. num_classes=10")
-        out[key] = parse_value(value)
-    return out
+__all__ = ["command", "parse_model_args", "parse_value"]  # the parsers live in mrdeploy.cli.options
 
 
 def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -103,8 +70,8 @@ def _scales(items):
 @click.command("export")
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the factory (repeatable).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="State dict (or a dict holding one under state_dict/model).")
+@model_options(checkpoint_help="State dict (or a dict holding one under state_dict/model).", checkpoint_exists=False,
+               model_arg_help="Keyword argument for the factory (repeatable).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NxCxHxW",
               help="Example shape, default 1x3x224x224; several inputs: name=NxCxHxW, repeated, in forward order.")
 @click.option("--static", is_flag=True, help="Fix batch, height and width to the example shape.")
@@ -128,12 +95,13 @@ def _scales(items):
 @click.option("--no-optimize", is_flag=True, help="Skip onnxslim.")
 @click.option("--no-validate", is_flag=True, help="Skip the resolution sweep.")
 @click.option("--validate-sizes", metavar="S,HxW,...",
-              help="Sweep these sizes (batch 1, plus batch 3 at the export size); several inputs: A/B per item, e.g. 112/224,128/384x256.")
+              help="Sweep these sizes (batch 1, plus batch 3 at the export size); several inputs: one size per "
+                   "input per item, template:112+search:224 (or 112/224 in input order).")
 @click.option("--atol", type=float, help="Absolute tolerance (default 1e-4).")
 @click.option("--rtol", type=float, help="Tolerance relative to the output's scale, max |output| (default 1e-4).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the result and sweep as JSON.")
-@click.option("--force", is_flag=True, help="Replace another mrdeploy output file at -o (never a file mrdeploy did not write).")
-def command(model, output, model_args, checkpoint, input_shapes, static, min_size, max_size, divisor, mean, std,
+@force_option("Replace another mrdeploy output file at -o (never a file mrdeploy did not write).")
+def command(model, output, checkpoint, model_args, input_shapes, static, min_size, max_size, divisor, mean, std,
             labels, task, name, output_names, spatial_outputs, output_scales, opset, exporter, no_optimize, no_validate,
             validate_sizes, atol, rtol, report, force):
     """Export MODEL (package.module:factory or path/to/file.py:factory) to ONNX with dynamic batch/H/W.

@@ -2,42 +2,29 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-
-def parse_model_args(items: tuple[str, ...]) -> dict:
-    """``("num_classes=10", "depth=4")`` -> {"num_classes": 10, "depth": 4} (values parsed as JSON when
-    they are JSON, else kept as strings)."""
-    from mrdeploy.errors import InputError
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--model-arg {item!r}: expected KEY=VALUE (e.g. num_classes=10)")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+from mrdeploy.cli.options import (
+    parse_model_args,
+    policy_option,
+    reference_options,
+    report_options,
+    sizes_option,
+)
 
 
 @click.command("parity")
 @click.argument("bundle", type=click.Path())
-@click.option("--reference", "-r", "references", multiple=True, metavar="MODEL.onnx|module:factory",
-              help="Reference model: an ONNX file (default: the bundle's model.onnx) and/or a PyTorch "
-                   "factory (module:factory or path.py:factory). Repeatable.")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Weights for the PyTorch reference.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Keyword for the factory.")
+@reference_options(
+    reference_help="Reference model: an ONNX file (default: the bundle's model.onnx) and/or a PyTorch "
+                   "factory (module:factory or path.py:factory). Repeatable.",
+    checkpoint_help="Weights for the PyTorch reference.")
 @click.option("--data", metavar="DIR|digits|shapes", help="Inputs: an image folder, the labeled example "
               "datasets, or (default) seeded noise.")
-@click.option("--sizes", metavar="LIST", help="Sizes to check, e.g. 96,128,200x160 (default: every profile's "
-              "min/opt/max, between and outside the profiles).")
+@sizes_option("Sizes to check")
 @click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per size.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for every model (default: the libraries' default).")
-@click.option("--policy", type=click.Choice(["pad", "resize", "letterbox", "error"]), help="Override the bundle's policy.")
+@policy_option()
 @click.option("--min-cosine", type=float, help="Fail when a cosine (vs the reference) is below this.")
 @click.option("--max-abs-error", type=float, help="Fail when a max abs error is above this.")
 @click.option("--max-top1-drop", type=float, help="Fail when top-1 accuracy drops more than this (labeled "
@@ -47,9 +34,7 @@ def parse_model_args(items: tuple[str, ...]) -> dict:
 @click.option("--min-miou-agreement", type=float, help="Segmentation: fail when mIoU agreement is below this.")
 @click.option("--max-miou-drop", type=float, help="Segmentation: fail when mIoU drops more than this.")
 @click.option("--check-outside", is_flag=True, help="Also gate sizes served by padding or resizing.")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default="parity-report", show_default=True,
-              help="Directory for parity.json, parity.md and parity.png.")
-@click.option("--no-plot", is_flag=True, help="Skip the PNG.")
+@report_options("parity-report", "parity")
 def command(bundle, references, checkpoint, model_args, data, sizes, samples, threads, policy, min_cosine,
             max_abs_error, max_top1_drop, min_top1_agreement, min_pixel_agreement, min_miou_agreement,
             max_miou_drop, check_outside, out, no_plot) -> None:
@@ -63,15 +48,16 @@ def command(bundle, references, checkpoint, model_args, data, sizes, samples, th
     th = Thresholds(min_cosine=min_cosine, max_abs_error=max_abs_error, max_top1_drop=max_top1_drop,
                     min_top1_agreement=min_top1_agreement, min_pixel_agreement=min_pixel_agreement,
                     min_miou_agreement=min_miou_agreement, max_miou_drop=max_miou_drop)
+    wrote = f"wrote {out}/parity.json, parity.md" + ("" if no_plot else ", parity.png")
     try:
         report = parity(bundle, list(references) or None, checkpoint=checkpoint, data=data, sizes=sizes,
                         samples=samples, threads=threads, model_args=parse_model_args(model_args), policy=policy,
                         thresholds=th, check_outside=check_outside, out=out, plot=not no_plot)
     except ParityFailure as e:
         click.echo(format_table(e.report))
-        click.echo(f"wrote {out}/parity.json, parity.md" + ("" if no_plot else ", parity.png"))
+        click.echo(wrote)
         raise
     click.echo(format_table(report))
     checked = ", ".join(f"{k}={v}" for k, v in report.thresholds.items()) or "no thresholds given"
     click.echo(f"parity passed at {len(report.sizes)} sizes ({checked}) in {report.seconds:.1f} s")
-    click.echo(f"wrote {out}/parity.json, parity.md" + ("" if no_plot else ", parity.png"))
+    click.echo(wrote)

@@ -30,8 +30,8 @@ def plan(sizes_from, max_profiles, divisor, min_size, max_size, model, mode, inp
     import yaml
 
     from mrdeploy._atomic import write_text_atomic
-    from mrdeploy.exporter.plan import plan_profiles
-    from mrdeploy.exporter.plan import sizes_from as read_sizes
+    from mrdeploy.planning import plan_profiles
+    from mrdeploy.planning import sizes_from as read_sizes
 
     def size(v):
         if v is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mrdeploy.cli import choices
+from mrdeploy.cli.options import policy_option
 
 
 def _group_inputs(items: tuple[str, ...], input_names: list[str]) -> list[dict[str, Path]]:
@@ -41,7 +42,7 @@ def _fmt_hw(shape) -> str:
 @click.command("run")
 @click.argument("bundle", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("--policy", type=click.Choice(["pad", "resize", "letterbox", "error"]), help="Override the bundle's policy.")
+@policy_option()
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes to show (classification).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write masks (PNG + .npy) / outputs here.")
 @click.option("--providers", help="ONNX Runtime providers, e.g. cuda or tensorrt,cuda (default: cpu).")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrdeploy._atomic import TRITON_MARKER, atomic_dir
+from mrdeploy._ort import cpu_session
 from mrdeploy.errors import BundleError, InputError
 from mrdeploy.runtime.manifest import MANIFEST_NAME, Manifest, ProfileEntry, verify_artifacts
 from mrdeploy.triton import config as C
@@ -52,14 +53,10 @@ def _model_name(text: str) -> str:
 
 def _io(path: Path) -> tuple[list[tuple], list[tuple]]:
     """(name, shape, numpy dtype name) of every input and output of an ONNX model (shape: None = dynamic)."""
-    import onnxruntime as ort
-
     from mrdeploy.runtime.backends.base import numpy_dtype
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess = cpu_session(path)
     except Exception as e:
         raise BundleError(f"{path}: ONNX Runtime cannot read it: {str(e).strip()[:300]}") from None
 

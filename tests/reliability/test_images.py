@@ -70,7 +70,7 @@ def test_decompression_bomb_is_a_message(tmp_path, cli):
 def test_one_list_of_extensions_and_one_decoder_everywhere():
     import mrdeploy.calibration.sources as sources
     import mrdeploy.evaldata as evaldata
-    import mrdeploy.exporter.plan as plan
+    import mrdeploy.planning.sizes as plan
     import mrdeploy.runtime.images as images
 
     assert sources.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES and plan.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
@@ -80,7 +80,7 @@ def test_one_list_of_extensions_and_one_decoder_everywhere():
 
 def test_calibration_and_planning_see_the_served_orientation(tmp_path):
     from mrdeploy.calibration.sources import load_folder
-    from mrdeploy.exporter.plan import sizes_from
+    from mrdeploy.planning import sizes_from
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
