@@ -34,7 +34,8 @@ from mrdeploy.runtime.backends.registry import (
     check_backend_name,
     get_backend,
 )
-from mrdeploy.runtime.manifest import PAD_MODES, POLICIES, default_policy  # one copy of each rule
+from mrdeploy.runtime.dispatch import check_policy
+from mrdeploy.runtime.manifest import PAD_MODES, default_policy  # one copy of each rule
 from mrdeploy.runtime.manifest import PRECISIONS as ENGINE_PRECISIONS
 from mrdeploy.runtime.profiles import Profile, ProfileSpec
 
@@ -148,8 +149,8 @@ def build_bundle(
     allowed = (*backend_cls.precisions, "auto") if backend_cls.qdq_activations else backend_cls.precisions
     if precision not in allowed:
         raise ExportError(f"precision: backend {backend!r} builds {', '.join(allowed)}, got {precision!r}")
-    if policy is not None and policy not in POLICIES:
-        raise ExportError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy is not None:
+        check_policy(policy)
     check_output(output, "bundle", force)  # before any work: replace only what mrdeploy wrote
     calib_options = None
     if precision in ("int8", "auto"):
@@ -170,11 +171,10 @@ def build_bundle(
         min_size=min_size, max_size=max_size,
     )
     resolved = resolve_profiles(source, profiles, batch=batch, profiles_file=profiles_file)
-    from mrdeploy.exporter.plan import file_policy
+    from mrdeploy.planning import file_policy
 
     policy = policy or file_policy(profiles_file) or default_policy(source.info.task, source.info.outputs)
-    if policy not in POLICIES:
-        raise ExportError(f"policy in {profiles_file}: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    check_policy(policy)
 
     import onnx
 
