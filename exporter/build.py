@@ -201,6 +201,7 @@ def build_bundle(
                 raise ExportError(f"{source.path}: models over 2 GB (external data) cannot be bundled yet: {e}") from None
         else:
             shutil.copyfile(source.path, tmp / "model.onnx")
+        stored = {sha256_file(tmp / "model.onnx"): "model.onnx"}  # sha256 -> the bundle file that holds it
         with Progress(len(resolved), f"building {len(resolved)} profiles ({backend})", show=show) as bar:
             for profile in resolved:
                 bar.update(0, note=profile.name)
@@ -236,6 +237,7 @@ def build_bundle(
                 ))
                 artifact, options, max_abs, min_cos = built.artifact, dict(built.options), built.max_abs, built.min_cosine
                 result.notes.extend(f"{profile.name}: {n}" for n in built.notes)
+                artifact = _store_once(tmp, artifact, stored, alone=not built.files, notes=result.notes, name=profile.name)
                 options.update(
                     optimizer=spec.optimizer,
                     nodes={"source": spec.nodes_before, "specialized": spec.nodes_after},
@@ -272,6 +274,23 @@ def build_bundle(
         )
         manifest.write(tmp)
     return result
+
+
+def _store_once(tmp: Path, artifact: str, stored: dict[str, str], *, alone: bool, notes: list[str], name: str) -> str:
+    """Identical artifacts are stored once: when ``artifact`` has the bytes of a file already in the bundle
+    (the source model, or another profile's artifact: ranged fp32 profiles often specialize to the same
+    graph), it is removed and the earlier file serves both profiles. ``alone``: the artifact names no
+    other file (an OpenVINO .xml finds its .bin by name, so it is kept as written)."""
+    from mrdeploy.runtime.manifest import sha256_file
+
+    digest = sha256_file(tmp / artifact)
+    earlier = stored.get(digest)
+    if earlier is None or not alone:
+        stored.setdefault(digest, artifact)
+        return artifact
+    (tmp / artifact).unlink()
+    notes.append(f"{name}: its artifact is identical to {earlier}: stored once")
+    return earlier
 
 
 def _build_info(builder) -> dict:

@@ -16,6 +16,7 @@ from mrdeploy.errors import CalibrationError, ExportError, ProfileError
 from mrdeploy.exporter.build import build_bundle, build_engine
 from mrdeploy.exporter.onnx_model import read_model
 from mrdeploy.exporter.specialize import cpu_session
+from mrdeploy.runtime import load
 from mrdeploy.runtime.manifest import Manifest, sha256_file, verify_artifacts
 
 
@@ -192,6 +193,20 @@ def test_int8_goes_through_the_calibration_hook(conv, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ bundles
+
+
+def test_identical_artifacts_are_stored_once(conv, tmp_path):
+    # two ranged profiles whose specialized graphs come out byte-identical share one file
+    res = build_bundle(conv, tmp_path / "b", ["a=32-64@48", "b=64-96@80", "128"], divisor=8, quiet=True)
+    m = Manifest.read(res.path)
+    verify_artifacts(res.path, m)
+    arts = {e.name: e.artifact for e in m.profiles}
+    assert arts["b"] == arts["a"] == "profiles/a.onnx" and arts["p2_128x128"] == "profiles/p2_128x128.onnx"
+    assert sorted(p.name for p in (res.path / "profiles").iterdir()) == ["a.onnx", "p2_128x128.onnx"]
+    assert "b: its artifact is identical to profiles/a.onnx: stored once" in res.notes
+    with load(res.path) as runner:
+        x = np.random.default_rng(0).standard_normal((1, 3, 80, 80)).astype(np.float32)
+        assert runner.select(1, 80, 80).profile.name == "b" and runner(x)["mask"].shape == (1, 4, 80, 80)
 
 
 def test_bundle_manifest_hashes_and_options(conv, tmp_path):
