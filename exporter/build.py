@@ -285,7 +285,7 @@ def _store_once(tmp: Path, artifact: str, stored: dict[str, str], *, alone: bool
 
     digest = sha256_file(tmp / artifact)
     earlier = stored.get(digest)
-    if earlier is None or not alone:
+    if earlier is None or earlier == artifact or not alone:
         stored.setdefault(digest, artifact)
         return artifact
     (tmp / artifact).unlink()
