@@ -35,6 +35,7 @@ def damage_profile(bundle: Path, profile: str, initializer: str = "w1", factor: 
             break
     else:
         raise AssertionError(f"no initializer {initializer} in {e.artifact}")
+    e.artifact = f"profiles/{e.name}.damaged.onnx"  # its own file: identical artifacts are stored once
     onnx.save(model, str(bundle / e.artifact))
     e.sha256 = sha256_file(bundle / e.artifact)
     m.write(bundle)

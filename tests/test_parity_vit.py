@@ -34,6 +34,7 @@ def scale_largest_weight(bundle, profile: str, factor: float = 1.5) -> str:
     init = max((i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2),
                key=lambda i: int(np.prod(i.dims)))
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    e.artifact = f"profiles/{e.name}.damaged.onnx"  # its own file: identical artifacts are stored once
     onnx.save(model, str(bundle / e.artifact))
     e.sha256 = sha256_file(bundle / e.artifact)
     m.write(bundle)
