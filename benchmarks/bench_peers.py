@@ -3,7 +3,7 @@
 Per model and per size (batch 1, ``--threads`` threads, a real photo crop as input), each target is
 timed in its own process: one process per target per round, one alive at a time, targets alternating
 within a round (their order rotated every round); a process times ``--calls`` calls per size after
-``--warmup`` untimed ones and reports the median; the table shows the median over rounds and the noise
+``--warmup`` untimed ones (stopping after ``--budget`` seconds, at least 5 calls) and reports the median; the table shows the median over rounds and the noise
 (min-max of the round medians). Targets:
 
 - ``PyTorch eager``: the torch model, ``torch.set_num_threads(T)``, ``torch.inference_mode()``;
@@ -176,11 +176,14 @@ def worker(job: dict) -> dict:
         for _ in range(job["warmup"]):
             run(x)
         times = []
-        for _ in range(job["calls"]):
+        stop = time.perf_counter() + job["budget"]  # slow targets (eager under load) stop early, >= 5 calls
+        for i in range(job["calls"]):
             t0 = time.perf_counter()
             run(x)
             times.append((time.perf_counter() - t0) * 1e3)
-        row = {"ms": statistics.median(times), "note": note}
+            if i + 1 >= min(5, job["calls"]) and t0 > stop:
+                break
+        row = {"ms": statistics.median(times), "calls": len(times), "note": note}
         if job["eval"]:
             row["top1"] = [int(np.asarray(run(np.ascontiguousarray(x_all[i:i + 1]))).reshape(-1).argmax())
                            for i in range(len(x_all))]
@@ -359,6 +362,7 @@ def measure(key: str, spec: dict, arts: dict, args, work: Path, say) -> dict:
             say(f"{key}: round {r + 1}/{args.rounds}, target {i + 1}/{len(order)} ({label(t)})")
             job = dict(kind=t.split(":")[0] if t.startswith("ours") else t, spec=spec, artifact=arts[t],
                        data=spec["data"], sizes=sizes, threads=args.threads, calls=args.calls, warmup=args.warmup,
+                       budget=args.budget,
                        eval=r == 0)
             res = spawn(job, work)
             rounds[t].append(res)
@@ -370,13 +374,14 @@ def measure(key: str, spec: dict, arts: dict, args, work: Path, say) -> dict:
         k = str(s)
         for t in targets:
             ok = [res[k]["ms"] for res in rounds[t] if "error" not in res]
+            calls = [res[k]["calls"] for res in rounds[t] if "error" not in res]
             err = next((res["error"] for res in rounds[t] if "error" in res), None)
             f = first[t].get(k, {}) if "error" not in first[t] else {}
             agree = None
             if "top1" in f and k in ref and "top1" in ref.get(k, {}):
                 agree = float(np.mean(np.asarray(f["top1"]) == np.asarray(ref[k]["top1"])))
             rows.append({"size": s, "target": t, "label": label(t), "ms": statistics.median(ok) if ok else None,
-                         "round_ms": ok, "noise": [min(ok), max(ok)] if ok else None, "top1_agreement": agree,
+                         "round_ms": ok, "calls": calls, "noise": [min(ok), max(ok)] if ok else None, "top1_agreement": agree,
                          "note": f.get("note"), "error": err if not ok else None})
     for s in args.sizes:
         here = [r for r in rows if r["size"] == s]
@@ -392,7 +397,8 @@ def measure(key: str, spec: dict, arts: dict, args, work: Path, say) -> dict:
 
 
 def table(res: dict, args) -> str:
-    lines = [f"\n{res['title']}: batch 1, {args.threads} thread(s), median of {args.calls} calls per round, "
+    lines = [f"\n{res['title']}: batch 1, {args.threads} thread(s), median of {args.calls} calls per round "
+             f"(fewer when they exceed {args.budget:g} s; JSON has the counts), "
              f"{args.rounds} round(s), top-1 agreement on {args.eval} eval crops",
              f"{'size':>7}  {'target':<28} {'ms':>8} {'noise (min-max)':>17} {'x eager':>8} {'x fastest':>10} "
              f"{'top-1':>6}  note"]
@@ -461,6 +467,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--calls", type=int, help="timed calls per size per round (median taken)")
     ap.add_argument("--warmup", type=int)
+    ap.add_argument("--budget", type=float, default=15.0,
+                    help="seconds of timed calls per size per round after which a slow target stops (>= 5 calls)")
     ap.add_argument("--calib", type=int, help="calibration crops (default 30)")
     ap.add_argument("--calib-size", type=int, help="the size peers calibrate at (default: the middle size)")
     ap.add_argument("--eval", type=int, help="evaluation crops per size for top-1 agreement (default 50)")
@@ -518,6 +526,7 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(res)
     out = {"command": "python benchmarks/bench_peers.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": info, "threads": args.threads, "rounds": args.rounds, "calls": args.calls, "warmup": args.warmup,
+           "budget_s": args.budget,
            "batch": 1, "sizes": args.sizes, "calib": args.calib, "calib_size": args.calib_size, "eval": args.eval,
            "ours": [f"{b}:{p}" for b, p in args.ours], "notes": notes, "models": results,
            "seconds": round(time.perf_counter() - t0, 1)}
