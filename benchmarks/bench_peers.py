@@ -382,7 +382,8 @@ def measure(key: str, spec: dict, arts: dict, args, work: Path, say) -> dict:
                 agree = float(np.mean(np.asarray(f["top1"]) == np.asarray(ref[k]["top1"])))
             rows.append({"size": s, "target": t, "label": label(t), "ms": statistics.median(ok) if ok else None,
                          "round_ms": ok, "calls": calls, "noise": [min(ok), max(ok)] if ok else None, "top1_agreement": agree,
-                         "note": f.get("note"), "error": err if not ok else None})
+                         "note": f.get("note") if not (err and ok) else f"{len(rounds[t]) - len(ok)} round(s) failed: {err}",
+                         "error": err if not ok else None})
     for s in args.sizes:
         here = [r for r in rows if r["size"] == s]
         eager = next((r["ms"] for r in here if r["target"] == "eager"), None)
