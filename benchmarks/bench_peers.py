@@ -227,14 +227,20 @@ def _plain_ort_int8(src: Path, calib: np.ndarray, out: Path) -> Path:
         def get_next(self):
             return next(self.it, None)
 
+    src, out = Path(src).resolve(), Path(out).resolve()
     pre = out.with_suffix(".pre.onnx")
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:
-            quant_pre_process(str(src), str(pre))
-        except Exception:  # noqa: BLE001 - "Incomplete symbolic shape inference" on dynamic Resize sizes:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # the option ORT's docs give
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    cwd = os.getcwd()
+    os.chdir(out.parent)  # quant_pre_process leaves temporary files in the working directory
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                quant_pre_process(str(src), str(pre))
+            except Exception:  # noqa: BLE001 - "Incomplete symbolic shape inference" on dynamic Resize sizes:
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # the option ORT's docs give
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        os.chdir(cwd)
     return out
 
 
