@@ -7,7 +7,12 @@ build tables (fp32: every planned profile; int8: the same profiles, calibrated o
 parity check at sizes served exactly, off the divisor grid and between profiles: the bundle's output
 shape must equal PyTorch's at every size, and values must agree within 1e-4 relative where the size is
 served exactly (fp32). Inputs are real photo crops (the evaluation half; INT8 is calibrated on the
-other half). Weights are seeded random init (no checkpoint is trained for these).
+other half).
+
+Weights: ``examples/checkpoints/<family>.pt`` where one was trained (``python -m examples.train swin
+navit crossmax restore sr lorat``), else seeded random init. With trained weights each bundle also gets a task
+metric against PyTorch FP32: top-1 on held-out digits and its agreement with PyTorch's top-1
+(classifiers), PSNR on held-out photo crops and its drop from PyTorch's (restore, sr).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+CHECKPOINTS = HERE.parent / "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,12 @@ class Family:
     def factory_path(self) -> str:
         file, _, fn = self.factory.partition(":")
         return f"{HERE / file}:{fn}"
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The trained checkpoint (examples/checkpoints/<name>.pt), or None: seeded random init."""
+        path = CHECKPOINTS / f"{self.name}.pt"
+        return path if path.is_file() else None
 
 
 FAMILIES = {
@@ -88,6 +100,69 @@ def photo_batch(size, seed: int = 0) -> np.ndarray:
     from examples.real.photos import batch
 
     return batch("eval", 1, tuple(size), (0.5,) * 3, (0.5,) * 3, seed=seed)
+
+
+def _reference(model, feeds: dict, info, runner) -> list[np.ndarray]:
+    """PyTorch at the input's own size, or at the served (padded) input where PyTorch refuses the size."""
+    try:
+        return _torch_out(model, feeds)
+    except RuntimeError:
+        from mrdeploy.runtime.fitting import fit_inputs
+
+        return _torch_out(model, fit_inputs(feeds, info.decision, runner.pad_mode))
+
+
+def quality(bundle, model, fam: Family, samples: int = 64) -> list[dict] | None:
+    """The task metric of the bundle next to PyTorch FP32 at each parity size, on held-out data:
+    classifiers: top-1 on ``samples`` held-out digits and agreement with PyTorch's top-1; restore / sr:
+    PSNR on ``samples`` // 8 crops of the photos' evaluation half (noisy / downscaled), its drop from
+    PyTorch's, and the baseline's (the noisy input / bicubic); lorat: on ``samples`` held-out template
+    matching scenes, the hit rate (top cell inside the target box), the box IoU there, and agreement with
+    PyTorch's top cell. None for a model without a trained checkpoint."""
+    if fam.checkpoint is None:
+        return None
+    from examples import data
+    from examples import train as t
+    from mrdeploy.runtime import load
+
+    rows = []
+    with load(bundle) as runner:
+        names = runner.input_names
+        for label, size in fam.sizes:
+            if fam.task == "classification":
+                x, y = data.digits_batch(size, "heldout", n=samples, mean=(0.5,) * 3, std=(0.5,) * 3)
+                feeds = [{names[0]: x[i:i + 1]} for i in range(len(x))]
+            elif fam.name == "lorat":
+                z, x, boxes = t.tracking_batch(samples, size["search"], "heldout", seed=t.HELDOUT_PHOTO_SEED,
+                                             template=size["template"][0])
+                feeds = [{"template": z[i:i + 1], "search": x[i:i + 1]} for i in range(len(x))]
+            else:
+                x, y = t.restoration_pair(fam.name, max(2, samples // 8), size, "eval", seed=t.HELDOUT_PHOTO_SEED)
+                feeds = [{names[0]: x[i:i + 1]} for i in range(len(x))]
+            got, ref = [], []
+            for f in feeds:
+                outs, info = runner.run_with_info(f)
+                got.append(list(outs.values()))
+                ref.append(_reference(model, f, info, runner))
+            got = [np.concatenate(o) for o in zip(*got)]
+            ref = [np.concatenate(o) for o in zip(*ref)]
+            shown = size["search"] if isinstance(size, dict) else size
+            row = {"label": label, "size": "x".join(map(str, shown)), "action": info.decision.action}
+            if fam.task == "classification":
+                g, r = got[0].argmax(-1), ref[0].argmax(-1)
+                row.update({"pytorch top-1": f"{(r == y).mean():.3f}", "bundle top-1": f"{(g == y).mean():.3f}",
+                            "top-1 agreement": f"{(g == r).mean():.3f}"})
+            elif fam.name == "lorat":
+                mg, mr = (t.tracking_metrics(o[0], o[1], boxes, size["search"]) for o in (got, ref))
+                row.update({"pytorch hit": f"{mr['hit']:.3f}", "bundle hit": f"{mg['hit']:.3f}",
+                            "pytorch IoU": f"{mr['iou']:.3f}", "bundle IoU": f"{mg['iou']:.3f}",
+                            "top-cell agreement": f"{(mg['cell'] == mr['cell']).mean():.3f}"})
+            else:
+                p_ref, p_got = t.psnr(ref[0], y), t.psnr(got[0], y)
+                row.update({"baseline PSNR": f"{t.psnr(t.baseline(fam.name, x), y):.2f}", "pytorch PSNR": f"{p_ref:.2f}",
+                            "bundle PSNR": f"{p_got:.2f}", "PSNR drop": f"{p_ref - p_got:.3f}"})
+            rows.append(row)
+    return rows
 
 
 def check_sizes(bundle, model, fam: Family, seed: int = 0) -> list[dict]:
@@ -140,9 +215,11 @@ def photo_dir(root: Path, split: str, n: int) -> Path:
 
 
 def deploy(name: str, workdir: str | Path, precisions=("fp32", "int8"), calib_samples: int = 8,
-           int8_profiles: int | None = None) -> dict:
-    """Export, plan, build and check one family in ``workdir``; returns every table and row.
-    ``int8_profiles``: build only the last (largest) N profiles in int8 (the tests use 1, to stay quick)."""
+           int8_profiles: int | None = None, quality_samples: int = 64) -> dict:
+    """Export, plan, build and check one family in ``workdir`` (with its trained checkpoint where there is
+    one); returns every table and row. ``int8_profiles``: build only the last (largest) N profiles in int8
+    (the tests use 1, to stay quick). ``quality_samples``: held-out digits per size (photo crops: 1/8 of it)
+    for the task metric; 0 skips it."""
     from mrdeploy.exporter import export
     from mrdeploy.exporter.build import build_bundle
     from mrdeploy.exporter.loading import load_model
@@ -152,9 +229,9 @@ def deploy(name: str, workdir: str | Path, precisions=("fp32", "int8"), calib_sa
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     onnx_path = work / f"{name}.onnx"
-    res = export(fam.factory_path, fam.example, onnx_path, task=fam.task, divisor=fam.divisor,
+    res = export(fam.factory_path, fam.example, onnx_path, task=fam.task, divisor=fam.divisor, checkpoint=fam.checkpoint,
                  output_names=list(fam.output_names) if fam.output_names else None, mean=(0.5,) * 3, std=(0.5,) * 3)
-    out = {"export": res, "sweep": res.sweep.table() if res.sweep else "", "builds": {}}
+    out = {"export": res, "sweep": res.sweep.table() if res.sweep else "", "builds": {}, "checkpoint": fam.checkpoint}
     divisor = res.model_info.inputs[-1].divisor
     # a plan from real photo crops' sizes (downscaled by 4 to this model's range), ranged, 2 profiles
     sizes = [(max(32, h // 4), max(32, w // 4)) for h, w in sizes_from(photo_dir(work.parent, "calib", 24))]
@@ -169,8 +246,10 @@ def deploy(name: str, workdir: str | Path, precisions=("fp32", "int8"), calib_sa
         profiles = profiles[-int8_profiles:] if precision == "int8" and int8_profiles else profiles
         r = build_bundle(onnx_path, bundle, profiles, precision=precision, quiet=True, **kwargs)
         out["builds"][precision] = {"path": bundle, "table": r.table(), "policy": r.policy}
-    model = load_model(fam.factory_path)
+    model = load_model(fam.factory_path, None, fam.checkpoint)
     out["check"] = {p: check_sizes(out["builds"][p]["path"], model, fam) for p in precisions}
+    out["quality"] = {p: quality(out["builds"][p]["path"], model, fam, quality_samples) for p in precisions
+                      } if quality_samples else {}
     out["model"] = model
     return out
 
@@ -179,11 +258,20 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="*", default=list(FAMILIES))
     ap.add_argument("--out", help="work directory (default: a temporary one)")
+    ap.add_argument("--quick", action="store_true",
+                    help="as the tests run it: int8 for the largest profile only, 4 calibration crops, 16 samples")
+    ap.add_argument("--samples", type=int, default=None, help="held-out digits per size for the task metric (64)")
     args = ap.parse_args(argv)
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mrdeploy-families-"))
+    kw = dict(calib_samples=4, int8_profiles=1, quality_samples=16) if args.quick else {}
+    if args.samples is not None:
+        kw["quality_samples"] = args.samples
     for name in args.families:
-        r = deploy(name, root / name)
-        print(f"\n## {name} (exporter {r['export'].exporter}; divisor {r['export'].model_info.inputs[-1].divisor})")
+        r = deploy(name, root / name, **kw)
+        ckpt = r["checkpoint"]
+        weights = f"checkpoint {ckpt.relative_to(HERE.parents[1])}" if ckpt else "seeded random init"
+        print(f"\n## {name} (exporter {r['export'].exporter}; divisor {r['export'].model_info.inputs[-1].divisor}; "
+              f"{weights})")
         for note in r["export"].notes:
             print(f"note: {note}")
         if r["export"].fallback_reason:
@@ -194,6 +282,9 @@ def main(argv=None) -> None:
             print(f"\nbuild {p} (policy {b['policy']}):\n{b['table']}")
         for p, rows in r["check"].items():
             print(f"\nparity vs PyTorch ({p} bundle):\n" + format_rows(rows))
+        for p, rows in r["quality"].items():
+            if rows:
+                print(f"\ntask metric vs PyTorch FP32 ({p} bundle, held-out data):\n" + format_rows(rows))
 
 
 if __name__ == "__main__":
