@@ -1,7 +1,8 @@
 """Building blocks shared by the plain-torch examples (two_stream_cnn, hrda_seg, tracker).
 
-The examples are loaded by file path (``examples/tracker.py:siamese_tracker``); mrdeploy puts the
-file's directory on ``sys.path`` while it loads, so they import this module as ``_conv_blocks``.
+The examples are imported as ``examples.<name>`` (training, tests) or loaded by file path
+(``examples/tracker.py:siamese_tracker``, where mrdeploy puts the file's directory on ``sys.path`` while
+it loads): each tries ``examples._conv_blocks`` first, then ``_conv_blocks``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from _conv_blocks import conv_bn_relu, seeded_eval  # examples/_conv_blocks.py (see its docstring)
+
+try:  # imported as part of the examples package (python -m examples.train, from examples.x import ...)
+    from examples._conv_blocks import conv_bn_relu, seeded_eval
+except ImportError:  # loaded by file path: mrdeploy puts this file's folder on sys.path (see _conv_blocks)
+    from _conv_blocks import conv_bn_relu, seeded_eval
 from torch import nn
 
 

@@ -109,20 +109,35 @@ def _lr(step: int, steps: int, base: float, warmup: int = 30) -> float:
     return base * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_classifier(name: str, steps: int, batch: int = 32, seed: int = 0, log=print, finetune: bool = False,
-                     size_range: tuple[int, int] | None = None, lr_scale: float | None = None) -> torch.nn.Module:
-    spec = get_spec(name)
+def _fit(name: str, steps: int, seed: int, finetune: bool, base_lr: float, weight_decay: float, step_fn,
+         log=print) -> torch.nn.Module:
+    """The training loop every example shares: seeded, AdamW with warmup + cosine LR, one batch per step.
+    ``step_fn(model, step, rng) -> (loss, describe)`` draws a batch (a random size per batch), returns the
+    loss and a callable that gives the step's log text (called every 50 steps and at the last)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_example(name, checkpoint=finetune).train()
-    base_lr = (1e-3 if name in ("vit", "swin", "navit") else 2e-3) * (lr_scale or (0.5 if finetune else 1.0))
-    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=0.05)
-    images, labels = data.digits("train")
-    sizes = train_sizes(name, size_range)
+    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=weight_decay)
     t0 = time.perf_counter()
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, base_lr)
+        loss, describe = step_fn(model, step, rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"{name} step {step:4d}/{steps} {describe()} {time.perf_counter() - t0:.0f}s")
+    return model.eval()
+
+
+def train_classifier(name: str, steps: int, batch: int = 32, seed: int = 0, log=print, finetune: bool = False,
+                     size_range: tuple[int, int] | None = None, lr_scale: float | None = None) -> torch.nn.Module:
+    spec = get_spec(name)
+    images, labels = data.digits("train")
+    sizes = train_sizes(name, size_range)
+
+    def step_fn(model, step, rng):
         idx = rng.choice(len(images), batch, replace=False)
         x8 = _augment_digits(images[idx], rng)
         y = torch.from_numpy(labels[idx])
@@ -132,42 +147,29 @@ def train_classifier(name: str, steps: int, batch: int = 32, seed: int = 0, log=
         z_big, z_small = model(x_big), model(x_small)
         consistency = F.kl_div(F.log_softmax(z_small, -1), F.softmax(z_big.detach(), -1), reduction="batchmean")
         loss = F.cross_entropy(z_big, y) + F.cross_entropy(z_small, y) + consistency
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            acc = (z_big.argmax(-1) == y).float().mean().item()
-            log(f"{name} step {step:4d}/{steps} sizes {big}/{small} loss {loss.item():.3f} "
-                f"(consistency {consistency.item():.3f}) batch acc {acc:.2f} {time.perf_counter() - t0:.0f}s")
-    return model.eval()
+        acc = lambda: (z_big.argmax(-1) == y).float().mean().item()  # noqa: E731
+        return loss, lambda: (f"sizes {big}/{small} loss {loss.item():.3f} (consistency {consistency.item():.3f}) "
+                              f"batch acc {acc():.2f}")
+
+    base_lr = (1e-3 if name in ("vit", "swin", "navit") else 2e-3) * (lr_scale or (0.5 if finetune else 1.0))
+    return _fit(name, steps, seed, finetune, base_lr, 0.05, step_fn, log)
 
 
 def train_segmenter(name: str, steps: int, batch: int = 16, seed: int = 0, log=print, finetune: bool = False,
                     size_range: tuple[int, int] | None = None) -> torch.nn.Module:
     spec = get_spec(name)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_example(name, checkpoint=finetune).train()
-    base_lr = 3e-3 * (0.5 if finetune else 1.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=1e-4)
     sizes = train_sizes(name, size_range)
-    t0 = time.perf_counter()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, base_lr)
+
+    def step_fn(model, step, rng):
         h, w = (int(s) for s in rng.choice(sizes, 2))
         x, m = data.shapes_batch(batch, (h, w), seed=seed * 1_000_003 + step + (500_000 if finetune else 0),
                                  mean=spec.mean, std=spec.std)
         logits = model(torch.from_numpy(x))
         loss = F.cross_entropy(logits, torch.from_numpy(m))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            miou = data.miou(logits.argmax(1).numpy(), m)
-            log(f"{name} step {step:4d}/{steps} size {h}x{w} loss {loss.item():.3f} batch mIoU {miou:.3f} "
-                f"{time.perf_counter() - t0:.0f}s")
-    return model.eval()
+        return loss, lambda: (f"size {h}x{w} loss {loss.item():.3f} "
+                              f"batch mIoU {data.miou(logits.argmax(1).numpy(), m):.3f}")
+
+    return _fit(name, steps, seed, finetune, 3e-3 * (0.5 if finetune else 1.0), 1e-4, step_fn, log)
 
 
 def restoration_pair(name: str, n: int, size: tuple[int, int], split: str, seed: int,
@@ -280,57 +282,39 @@ def train_tracker(name: str, steps: int, batch: int = 32, seed: int = 0, log=pri
                   size_range: tuple[int, int] | None = None) -> torch.nn.Module:
     """``lorat``: find the template's digit in the search image; cross-entropy over the score map's cells
     (the cell holding the target's center) plus L1 on the box predicted at that cell."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_example(name, checkpoint=finetune).train()
-    base_lr = 1e-3 * (0.5 if finetune else 1.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=0.05)
     sizes = train_sizes(name, size_range)
-    t0 = time.perf_counter()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, base_lr)
+
+    def step_fn(model, step, rng):
         h, w = (int(s) for s in rng.choice(sizes, 2))
         z, x, boxes = tracking_batch(batch, (h, w), "train", seed=seed * 1_000_003 + step + 1)
         score, box = model(torch.from_numpy(z), torch.from_numpy(x))
         target = torch.from_numpy(tracking_targets(boxes, score.shape[-2:], (h, w)))
         pred_box = box.flatten(2)[torch.arange(batch), :, target]
         loss = F.cross_entropy(score.flatten(1), target) + 5 * F.l1_loss(pred_box, torch.from_numpy(boxes))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
+
+        def describe():
             m = tracking_metrics(score.detach().numpy(), box.detach().numpy(), boxes, (h, w))
-            log(f"{name} step {step:4d}/{steps} search {h}x{w} loss {loss.item():.3f} batch hit {m['hit']:.2f} "
-                f"IoU {m['iou']:.2f} {time.perf_counter() - t0:.0f}s")
-    return model.eval()
+            return f"search {h}x{w} loss {loss.item():.3f} batch hit {m['hit']:.2f} IoU {m['iou']:.2f}"
+
+        return loss, describe
+
+    return _fit(name, steps, seed, finetune, 1e-3 * (0.5 if finetune else 1.0), 0.05, step_fn, log)
 
 
 def train_restoration(name: str, steps: int, batch: int = 16, seed: int = 0, log=print, finetune: bool = False,
                       size_range: tuple[int, int] | None = None) -> torch.nn.Module:
     """``restore`` / ``sr`` on real photo crops of the calibration half (L1 loss, a random H x W per batch)."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_example(name, checkpoint=finetune).train()
-    base_lr = 2e-3 * (0.5 if finetune else 1.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=1e-4)
     sizes = train_sizes(name, size_range)
-    t0 = time.perf_counter()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, base_lr)
+
+    def step_fn(model, step, rng):
         h, w = (int(s) for s in rng.choice(sizes, 2))
         x, y = restoration_pair(name, batch, (h, w), "calib", seed=seed * 1_000_003 + step + 1)
         out = model(torch.from_numpy(x))
         loss = F.l1_loss(out, torch.from_numpy(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"{name} step {step:4d}/{steps} size {h}x{w} loss {loss.item():.4f} "
-                f"batch PSNR {psnr(out.detach().numpy(), y):.2f} (input {psnr(baseline(name, x), y):.2f}) "
-                f"{time.perf_counter() - t0:.0f}s")
-    return model.eval()
+        return loss, lambda: (f"size {h}x{w} loss {loss.item():.4f} batch PSNR {psnr(out.detach().numpy(), y):.2f} "
+                              f"(input {psnr(baseline(name, x), y):.2f})")
+
+    return _fit(name, steps, seed, finetune, 2e-3 * (0.5 if finetune else 1.0), 1e-4, step_fn, log)
 
 
 @torch.no_grad()
