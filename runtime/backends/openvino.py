@@ -5,10 +5,9 @@ Run side: imports numpy and, when an engine loads, ``openvino`` only. The IR is 
 recorded) and ``INFERENCE_PRECISION_HINT`` from the profile's precision (fp32 and int8 -> f32: an int8
 profile is the Q/DQ model, whose quantized ops OpenVINO runs in int8; bf16 -> bf16). ``run`` takes an
 InferRequest from a small pool (one per concurrent caller, created on demand and reused), so calls from
-several threads run side by side. Measured on the example CNN at 64x64, 1 inference thread, median of 7
-alternating rounds of 200 calls on this project's shared 2-core machine: pool 1.81 ms/call from one
-thread and 1.99 ms (wall / calls) from two; one lock around one request 1.91 / 2.24 ms; a new request
-per call 2.27 / 2.35 ms.
+several threads run side by side. An ad-hoc timing during development (the example CNN at 64x64, one
+and two calling threads) found the pool faster than one request behind a lock and than a new request per
+call.
 
 Build side (``OpenVINOBackend.build_profile``): the specialized ONNX (fp32, or the Q/DQ model the
 int8 path produces with ORT's uint8-activation scheme) -> ``openvino.convert_model`` -> reshaped to
