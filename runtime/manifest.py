@@ -268,10 +268,13 @@ def verify_entry_files(bundle_dir: str | os.PathLike, entry: ProfileEntry, verif
     recorded sha256); returns the artifact's resolved path."""
     what = f"profile {entry.name!r}"
     check = verify_artifact if verify else (lambda b, rel, _sha, w: bundle_file(b, rel, w))
-    path = check(bundle_dir, entry.artifact, entry.sha256, what)
-    for f in entry.files:
-        check(bundle_dir, f["path"], f["sha256"], what)
-    return path
+    paths = [check(bundle_dir, rel, sha, what) for rel, sha in entry_files(entry)]
+    return paths[0]
+
+
+def entry_files(entry: ProfileEntry) -> list[tuple[str, str]]:
+    """(path, sha256) of every file a profile needs: its artifact first, then its further ``files``."""
+    return [(entry.artifact, entry.sha256), *((f["path"], f["sha256"]) for f in entry.files)]
 
 
 def verify_artifacts(
@@ -285,10 +288,14 @@ def verify_artifacts(
     wanted = None if profiles is None else set(profiles)
     if source:
         verify_artifact(bundle_dir, manifest.source["artifact"], manifest.source["sha256"], "source model")
+    checked: set[tuple[str, str]] = set()  # profiles may share a file (identical artifacts are stored once)
     for e in manifest.profiles:
         if wanted is not None and e.name not in wanted:
             continue
-        verify_entry_files(bundle_dir, e)
+        for rel, sha in entry_files(e):
+            if (rel, sha) not in checked:
+                verify_artifact(bundle_dir, rel, sha, f"profile {e.name!r}")
+                checked.add((rel, sha))
         cal = e.calibration or {}
         if cal.get("cache") is not None:  # the validator made sure cache_sha256 is there
             verify_artifact(bundle_dir, cal["cache"], cal["cache_sha256"], f"profile {e.name!r} calibration cache")
