@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="Intra-op threads per engine.")
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--workers", type=int, help="Engine calls at once (default: the Batcher's, the CPU count).")
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
     ap.add_argument("--solo-runs", type=int, default=40, help="Interleaved one-client calls per size and mode.")
     ap.add_argument("--json", type=Path)
@@ -139,7 +140,7 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     runner = rt.load(bundle, threads=args.threads)
     runner.warmup()
-    batcher = rt.Batcher(runner, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms)
+    batcher = rt.Batcher(runner, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, workers=args.workers)
     print(f"bundle {bundle}, {args.threads} intra-op thread(s) per engine, max_batch {args.max_batch}, "
           f"max_delay_ms {args.max_delay_ms}, build {time.perf_counter() - t0:.0f} s")
     for x in inputs:

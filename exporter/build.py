@@ -142,6 +142,11 @@ def build_bundle(
     force: bool = False,
 ) -> BuildResult:
     """Build the bundle and return it with the per-profile report (see :func:`build_engine`)."""
+    if backend == "auto":  # every available backend and precision, the fastest kept per profile
+        settings = {k: v for k, v in locals().items() if k not in ("model_path", "output", "profiles", "backend")}
+        from mrdeploy.exporter.auto import build_auto
+
+        return build_auto(model_path, output, profiles, **settings)
     check_backend_name(backend, "backend", ExportError)
     backend_cls = get_backend(backend)
     if precision not in PRECISIONS:
@@ -308,6 +313,18 @@ def _build_info(builder) -> dict:
         except MrdeployError:  # a registered backend whose module does not import here
             continue
     info.update(builder.build_info())
+    info["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return info
+
+
+def merge_build_info(blocks: Sequence[dict]) -> dict:
+    """One build block for a bundle whose profiles come from several builds (``--backend auto``): each
+    key's first value that is not None, so every backend's versions are there; ``created`` is now."""
+    info: dict = {}
+    for block in blocks:
+        for k, v in block.items():
+            if info.get(k) is None:
+                info[k] = v
     info["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return info
 

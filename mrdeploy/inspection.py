@@ -207,6 +207,17 @@ def format_inspection(d: dict) -> str:
         if p["calibration"]:
             c = p["calibration"]
             out.append(f"  {'':<12} int8 calibration: {c.get('method')}, {c.get('samples')} samples")
+        auto = (p["measurements"] or {}).get("auto")
+        if auto:  # --backend auto: every candidate timed for this profile, and why this one
+            out.append(f"  {'':<12} auto: {auto['choice']}: {auto['reason']}")
+            for c in auto["candidates"]:
+                label = f"{c['backend']} {c['precision']}" + (" (source model)" if c.get("source_model") else "")
+                if "refused" in c:
+                    out.append(f"  {'':<14} {label:<32} refused: {c['refused']}")
+                    continue
+                ms = "  ".join(f"{k} {v:.3f}" for k, v in c["ms"].items())
+                drop = "" if c.get("drop") is None else f"  drop {c['drop']:.4f}"
+                out.append(f"  {'':<14} {label:<32} {c['score_ms']:8.3f} ms  ({ms}){drop}")
     b = d["build"]
     built = ", ".join(f"{k} {v}" for k, v in b.items() if v is not None and k != "created")
     out.append(f"built with: {built}" + (f"  at {b['created']}" if b.get("created") else ""))

@@ -207,16 +207,7 @@ class Runner:
         arrays = self._check_inputs(inputs)
         decision = self._decide({n: a.shape for n, a in arrays.items()}, policy or self.policy)
         feeds = self._fit(arrays, decision)
-        engine, load_ms = self._acquire(decision.profile.name)
-        try:
-            feeds = {
-                n: (a if a.dtype == engine.input_dtypes.get(n, a.dtype) else a.astype(engine.input_dtypes[n]))
-                for n, a in feeds.items()
-            }
-            outs = engine.run(feeds)
-        finally:
-            self._release(decision.profile.name)
-        self._check_outputs(outs, decision.profile.name, arrays)
+        outs, load_ms = self._run_fitted(decision.profile.name, feeds, arrays)
         outs = self._restore(outs, decision)
         self._local.decision = decision
         latency = (time.perf_counter() - start) * 1e3 - load_ms
@@ -235,16 +226,22 @@ class Runner:
         if not profile.contains(shapes):
             got = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in shapes.items())
             raise InputError(f"profile {profile.describe()} does not contain the input ({got})")
-        engine, _ = self._acquire(name)
+        return self._run_fitted(name, arrays)[0]
+
+    def _run_fitted(self, name: str, feeds: dict[str, np.ndarray], arrays=None) -> tuple[dict[str, np.ndarray], float]:
+        """Run a profile's engine on inputs already checked and fitted to it (``arrays``: the caller's
+        inputs before fitting, for the message of a non-finite output); returns the outputs and the
+        milliseconds spent loading the engine for this call."""
+        engine, load_ms = self._acquire(name)
         try:
+            dtypes = engine.input_dtypes
             outs = engine.run({
-                n: (a if a.dtype == engine.input_dtypes.get(n, a.dtype) else a.astype(engine.input_dtypes[n]))
-                for n, a in arrays.items()
+                n: (a if a.dtype == dtypes.get(n, a.dtype) else a.astype(dtypes[n])) for n, a in feeds.items()
             })
         finally:
             self._release(name)
-        self._check_outputs(outs, name, arrays)
-        return outs
+        self._check_outputs(outs, name, feeds if arrays is None else arrays)
+        return outs, load_ms
 
     def warmup(self) -> dict[str, float]:
         """Run every profile once at its opt shape (zeros); returns the milliseconds per profile
@@ -333,7 +330,8 @@ class Runner:
     def _release(self, name: str) -> None:
         with self._cond:
             self._in_use[name] -= 1
-            self._cond.notify_all()
+            if self._loading or self.max_loaded is not None:  # only loads and evictions wait on this
+                self._cond.notify_all()
 
     # --- inputs and outputs -----------------------------------------------------------------------
 

@@ -49,15 +49,15 @@ def _concurrently(fn, items, threads=16):
 
 
 def _slow_engine(monkeypatch, runner, seconds=0.005):
-    """Each engine call takes at least ``seconds`` (the tiny test model takes microseconds), so that
+    """Each engine call (``Runner._run_fitted``, which the Batcher calls) takes at least ``seconds`` (the tiny test model takes microseconds), so that
     concurrent requests overlap and stacking is certain; outputs still come from the real engine."""
-    real = runner.run_profile
+    real = runner._run_fitted
 
-    def run_profile(name, feeds):
+    def run_fitted(name, feeds, arrays=None):
         time.sleep(seconds)
-        return real(name, feeds)
+        return real(name, feeds, arrays)
 
-    monkeypatch.setattr(runner, "run_profile", run_profile)
+    monkeypatch.setattr(runner, "_run_fitted", run_fitted)
 
 
 @pytest.mark.parametrize("policy", ["pad", "resize"])
@@ -98,14 +98,14 @@ def test_batch_limit_and_multi_row_requests(seg_runner, monkeypatch):
 
 def test_other_shapes_are_not_held_back(seg_runner, monkeypatch):
     slow = (1, 3, 48, 48)
-    real = seg_runner.run_profile
+    real = seg_runner._run_fitted
 
-    def run_profile(name, feeds):
+    def run_fitted(name, feeds, arrays=None):
         if next(iter(feeds.values())).shape[1:] == slow[1:]:
             time.sleep(0.4)  # an engine busy with a slow batch of one shape
-        return real(name, feeds)
+        return real(name, feeds, arrays)
 
-    monkeypatch.setattr(seg_runner, "run_profile", run_profile)
+    monkeypatch.setattr(seg_runner, "_run_fitted", run_fitted)
     x_slow, x_other = np.zeros(slow, np.float32), np.ones((1, 3, 56, 56), np.float32)
     with rt.Batcher(seg_runner, max_batch=8, max_delay_ms=50) as batcher:
         first = batcher.submit(x_slow)  # runs at once: the Batcher was idle
@@ -116,7 +116,7 @@ def test_other_shapes_are_not_held_back(seg_runner, monkeypatch):
         assert other_s < 0.3, other_s
         assert not first.done()
         first.result(timeout=5)
-    assert np.max(np.abs(other["mask_logits"] - real("small", x_other)["mask_logits"])) <= 1e-5
+    assert np.max(np.abs(other["mask_logits"] - seg_runner.run_profile("small", x_other)["mask_logits"])) <= 1e-5
 
 
 def test_one_client_is_not_delayed(seg_runner):
@@ -142,15 +142,15 @@ def test_errors_go_to_their_caller(seg_runner, monkeypatch):
             batcher(np.zeros((1, 4, 48, 48), np.float32))
 
         # an engine call that fails on one request's rows: only that caller gets the error
-        real = seg_runner.run_profile
+        real = seg_runner._run_fitted
         poison = 1234.0
 
-        def run_profile(name, feeds):
+        def run_fitted(name, feeds, arrays=None):
             if np.any(next(iter(feeds.values()))[:, 0, 0, 0] == poison):
                 raise MrdeployError("engine failed on the poisoned row")
-            return real(name, feeds)
+            return real(name, feeds, arrays)
 
-        monkeypatch.setattr(seg_runner, "run_profile", run_profile)
+        monkeypatch.setattr(seg_runner, "_run_fitted", run_fitted)
         xs[7][0, 0, 0, 0] = poison
 
         def call(x):
@@ -163,7 +163,7 @@ def test_errors_go_to_their_caller(seg_runner, monkeypatch):
     assert isinstance(got[7], MrdeployError) and "poisoned row" in str(got[7])
     for i, (x, g) in enumerate(zip(xs, got)):
         if i != 7:
-            assert np.max(np.abs(g["coarse"] - real("small", x)["coarse"])) <= 1e-5
+            assert np.max(np.abs(g["coarse"] - seg_runner.run_profile("small", x)["coarse"])) <= 1e-5
 
 
 def test_bad_arguments_and_close(tmp_path, seg_runner):

@@ -18,8 +18,9 @@ from mrdeploy.cli.options import calibration_options, force_option, policy_optio
 )
 @click.option("--profiles", "profiles_file", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON file of profiles (e.g. from `mrdeploy profiles plan`).")
 @click.option("--batch", help="Batch range MIN-MAX[@OPT], e.g. 1-8@1 (default 1).")
-@click.option("--backend", type=choices.backends(), default="onnxruntime", show_default=True,
-              help="A registered backend (ONNX Runtime, TensorRT, OpenVINO, ...).")
+@click.option("--backend", type=choices.build_backends(), default="onnxruntime", show_default=True,
+              help="A registered backend (ONNX Runtime, TensorRT, OpenVINO, ...), or auto: per profile, every "
+              "backend and precision this machine runs is built and timed, and the fastest within --max-drop kept.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]), default="fp32", show_default=True,
               help="What the backend builds: bf16 is OpenVINO's, on a CPU with bf16 instructions.")
 @policy_option(help="What the runtime does with a size no profile contains [default: resize for "

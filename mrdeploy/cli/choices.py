@@ -31,6 +31,13 @@ def backends() -> RegistryChoice:
     return RegistryChoice(backend_names)
 
 
+def build_backends() -> RegistryChoice:
+    """Every registered backend, and ``auto`` (build-engine --backend: the fastest per profile)."""
+    from mrdeploy.runtime.backends.registry import backend_names
+
+    return RegistryChoice(lambda: [*backend_names(), "auto"])
+
+
 def calibration_targets() -> RegistryChoice:
     """The registered backends that take Q/DQ models (calibrate --target)."""
 

@@ -173,6 +173,10 @@ class OpenVINOBackend(Backend):
         return installed_version() is not None
 
     @classmethod
+    def auto_precisions(cls) -> tuple[str, ...]:
+        return ("fp32", "bf16", "int8") if cpu_has_bf16() else ("fp32", "int8")
+
+    @classmethod
     def check_loadable(cls, entry: ProfileEntry, build: Mapping) -> None:
         """BundleError / BackendUnavailable before anything is compiled: OpenVINO missing, or of another major
         version than the one the IR was written with (both versions named)."""

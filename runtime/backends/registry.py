@@ -93,6 +93,12 @@ class Backend:
         return True
 
     @classmethod
+    def auto_precisions(cls) -> tuple[str, ...]:
+        """The precisions ``--backend auto`` builds and times for this backend on this machine (fp32 and
+        int8 by default; a backend adds what its hardware runs fast: bf16, fp16)."""
+        return tuple(p for p in cls.precisions if p in ("fp32", "int8"))
+
+    @classmethod
     def require(cls) -> None:
         """BackendUnavailable naming what installs the backend, when it is not available."""
         if not cls.is_available():

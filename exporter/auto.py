@@ -1,0 +1,282 @@
+"""``build-engine --backend auto``: per profile, the fastest engine this machine can run within the budget.
+
+1. Candidates: every registered backend that is available here, at each precision it offers on this
+   machine (``Backend.auto_precisions``: fp32 and int8 on CPUs, bf16 where OpenVINO's CPU has it, fp16
+   on a TensorRT GPU), or only at ``--precision`` when it is not ``auto``. Each candidate is a whole
+   bundle built by :func:`~mrdeploy.exporter.build.build_bundle` (so every check of that path applies:
+   fp32 against the source with allclose, int8 calibrated per profile and held to ``--max-drop`` on
+   held-out data); a candidate the builder refuses is recorded with its message, not served.
+   An fp32 profile whose artifact is an ONNX file also competes with the source ONNX model itself (the
+   dynamic file it was specialized from), so a specialization that does not pay is not kept.
+2. Timing: per profile, every candidate's engine loaded in this process and called in turn (order
+   rotated each round) at the profile's opt shape, and at its min and max too for ranged profiles; the
+   score is the geometric mean over those shapes of the median milliseconds.
+3. Choice: the lowest score; a lower precision than fp32 must beat the fastest fp32 candidate by
+   ``AUTO_MIN_SPEEDUP`` (as ``--precision auto`` does): its accuracy cost needs a gain above the timing's
+   noise. The manifest records, per profile, every candidate (latency per shape, score, drop on
+   held-out data, or why it was refused) and the reason of the choice; ``mrdeploy inspect`` shows them.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from mrdeploy._atomic import atomic_dir, check_output, run_tempdir
+from mrdeploy._progress import Progress
+from mrdeploy.errors import ExportError, MrdeployError
+from mrdeploy.runtime.backends.registry import backend_names, get_backend
+from mrdeploy.runtime.manifest import Manifest, ProfileEntry, sha256_file
+
+AUTO = "auto"
+ROUNDS = 5  # timing rounds per profile (candidates rotate within a round)
+CALLS = 6  # timed calls per candidate, shape and round (after one untimed call)
+
+
+@dataclass
+class Candidate:
+    backend: str
+    precision: str
+    source: bool = False  # the source ONNX model served as is (fp32)
+    manifest: Manifest | None = None
+    bundle: Path | None = None
+    error: str | None = None  # why the builder refused it
+    ms: dict[str, float] = field(default_factory=dict)  # shape kind -> median ms
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.precision}" + (" (source model)" if self.source else "")
+
+    @property
+    def score(self) -> float:
+        return math.exp(statistics.fmean(math.log(v) for v in self.ms.values()))
+
+
+def candidate_kinds(precision: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(backend, precision) pairs to build here, and notes on the backends left out."""
+    kinds, notes = [], []
+    for name in backend_names():
+        cls = get_backend(name)
+        if not cls.is_available():
+            notes.append(f"backend {name} is not available here ({cls.install_hint or 'not installed'})")
+            continue
+        offered = cls.auto_precisions()
+        if precision == AUTO:
+            kinds.extend((name, p) for p in offered)
+        elif precision in offered:
+            kinds.append((name, precision))
+        else:
+            notes.append(f"backend {name} does not build {precision} on this machine")
+    if not kinds:
+        raise ExportError(f"--backend auto: no backend available here builds precision {precision!r}; "
+                          + "; ".join(notes))
+    return kinds, notes
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _engine(c: Candidate, entry: ProfileEntry, threads: int | None):
+    backend = get_backend(entry.backend)
+    options = backend.engine_options({"threads": threads})
+    return backend.engine_class()(c.bundle / entry.artifact, entry, build=c.manifest.build, **options)
+
+
+def _shape_kinds(entry: ProfileEntry) -> list[str]:
+    inputs = entry.profile.inputs.values()
+    kinds = ["opt"]
+    for kind in ("min", "max"):
+        if any(getattr(r, kind) != r.opt for r in inputs):
+            kinds.append(kind)
+    return kinds
+
+
+def time_candidates(name: str, cands: list[Candidate], threads: int | None) -> None:
+    """Fill each candidate's ``ms`` for profile ``name``: engines loaded together, called in turn."""
+    entries = {id(c): _entry(c, name) for c in cands}
+    engines = {id(c): _engine(c, entries[id(c)], threads) for c in cands}
+    kinds = _shape_kinds(entries[id(cands[0])])
+    rng = np.random.default_rng(0)
+    feeds = {k: {n: rng.standard_normal(getattr(r, k)).astype(np.float32)
+                 for n, r in entries[id(cands[0])].profile.inputs.items()} for k in kinds}
+    try:
+        for kind in kinds:
+            calls = {}
+            for c in cands:
+                eng = engines[id(c)]
+                f = {n: a.astype(eng.input_dtypes.get(n, a.dtype), copy=False) for n, a in feeds[kind].items()}
+                calls[id(c)] = (lambda e=eng, f=f: e.run(f))
+            times: dict[int, list[float]] = {k: [] for k in calls}
+            order = list(calls)
+            for r in range(ROUNDS):
+                for k in order[r % len(order):] + order[: r % len(order)]:
+                    calls[k]()  # untimed: the previous candidate's caches are cold for this one
+                    for _ in range(CALLS):
+                        t = _now()
+                        calls[k]()
+                        times[k].append(_now() - t)
+            for c in cands:
+                c.ms[kind] = statistics.median(times[id(c)]) * 1e3
+    finally:
+        for eng in engines.values():
+            eng.close()
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+def _entry(c: Candidate, name: str) -> ProfileEntry:
+    entry = c.manifest.entry(name)
+    if c.source:  # the dynamic source model, served by the same backend as the specialized fp32 one
+        entry = replace(entry, artifact=c.manifest.source["artifact"], sha256=c.manifest.source["sha256"],
+                        files=[], options={**entry.options, "source_model": True})
+    return entry
+
+
+def choose(cands: list[Candidate], min_speedup: float) -> tuple[Candidate, str]:
+    """The fastest candidate; a non-fp32 one only when it beats the fastest fp32 one by ``min_speedup``."""
+    timed = sorted((c for c in cands if c.ms), key=lambda c: c.score)
+    best = timed[0]
+    fp32 = [c for c in timed if c.precision == "fp32"]
+    if best.precision != "fp32" and fp32:
+        gain = fp32[0].score / best.score
+        if gain < min_speedup:
+            return fp32[0], (f"{best.label} is only {gain:.2f}x {fp32[0].label} (< {min_speedup:.2f}x needed "
+                             f"for a lower precision): fastest fp32 kept")
+        return best, f"fastest: {best.score:.3f} ms, {gain:.2f}x the fastest fp32 ({fp32[0].label})"
+    runner_up = f", {timed[1].score / best.score:.2f}x faster than {timed[1].label}" if len(timed) > 1 else ""
+    return best, f"fastest: {best.score:.3f} ms{runner_up}"
+
+
+def _record(c: Candidate, name: str) -> dict:
+    row = {"backend": c.backend, "precision": c.precision, "source_model": c.source}
+    if c.error is not None:
+        return {**row, "refused": c.error}
+    e = c.manifest.entry(name)
+    row.update(ms={k: round(v, 4) for k, v in c.ms.items()}, score_ms=round(c.score, 4))
+    if e.calibration:
+        row["drop"] = e.calibration.get("drop")
+    return row
+
+
+def _copy(src_bundle: Path, rel: str, out: Path, taken: dict[str, str], alt: str) -> str:
+    """Copy ``rel`` into ``out`` under the same name, or ``alt`` when another candidate's different file
+    holds that name already; returns the name used."""
+    digest = sha256_file(src_bundle / rel)
+    for name in (rel, alt):
+        if taken.get(name) in (None, digest):
+            if name not in taken:
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src_bundle / rel, out / name)
+                taken[name] = digest
+            return name
+    raise ExportError(f"--backend auto: cannot place {rel} of {src_bundle.name} in the bundle")
+
+
+def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quiet: bool = False,
+               force: bool = False, threads: int | None = None, **options):
+    """Build every candidate, time them per profile, and write one bundle of the chosen engines."""
+    from mrdeploy.calibration.api import AUTO_MIN_SPEEDUP
+    from mrdeploy.exporter.build import PRECISIONS, BuildResult, build_bundle
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_output(output, "bundle", force)
+    kinds, notes = candidate_kinds(precision)
+    output = Path(output)
+    show = None if not quiet else False
+    with tempfile.TemporaryDirectory(prefix="mrdeploy-auto-", dir=run_tempdir()) as work:
+        cands: list[Candidate] = []
+        with Progress(len(kinds), f"--backend auto: building {len(kinds)} candidates", show=show) as bar:
+            for backend, prec in kinds:
+                bar.update(0, note=f"{backend} {prec}")
+                c = Candidate(backend, prec)
+                try:
+                    c.bundle = build_bundle(model_path, Path(work) / f"{backend}-{prec}", profiles, backend=backend,
+                                            precision=prec, threads=threads, quiet=True, **options).path
+                    c.manifest = Manifest.read(c.bundle)
+                except MrdeployError as e:
+                    c.error = _first_line(e)
+                cands.append(c)
+                if c.manifest is not None and prec == "fp32":
+                    if any(e.artifact.endswith(".onnx") and not e.files for e in c.manifest.profiles):
+                        cands.append(Candidate(backend, prec, source=True, manifest=c.manifest, bundle=c.bundle))
+                bar.update(1, note=f"{backend} {prec}")
+        built = [c for c in cands if c.manifest is not None]
+        if not built:
+            raise ExportError("--backend auto: every candidate was refused: "
+                              + "; ".join(f"{c.label}: {c.error}" for c in cands))
+        first = built[0].manifest
+        result = BuildResult(path=output, policy=first.policy, notes=list(notes))
+        result.notes.extend(f"candidate {c.label} refused: {c.error}" for c in cands if c.error)
+        chosen: dict[str, tuple[Candidate, str, list[dict]]] = {}
+        names = [e.name for e in first.profiles]
+        with Progress(len(names), "--backend auto: timing candidates", show=show) as bar:
+            for name in names:
+                bar.update(0, note=name)
+                here = [Candidate(c.backend, c.precision, c.source, c.manifest, c.bundle) for c in built]
+                if any(c.source for c in here):  # the source only where its fp32 profile is an ONNX file
+                    here = [c for c in here if not c.source or _source_competes(c, name)]
+                time_candidates(name, here, threads)
+                best, reason = choose(here, AUTO_MIN_SPEEDUP)
+                rows = [_record(c, name) for c in here] + [_record(c, name) for c in cands if c.error]
+                chosen[name] = (best, reason, rows)
+                result.notes.append(f"{name}: {best.label}: {reason}")
+                bar.update(1, note=name)
+        _write(output, force, first, chosen, built, threads, result)
+    return result
+
+
+def _source_competes(c: Candidate, name: str) -> bool:
+    e = c.manifest.entry(name)
+    return e.artifact.endswith(".onnx") and not e.files and e.artifact != c.manifest.source["artifact"]
+
+
+def _write(output: Path, force: bool, first: Manifest, chosen: dict, built: list[Candidate], threads,
+           result) -> None:
+    """One bundle of the chosen engines: their files copied from the candidate bundles, the manifest's
+    build block the union of the candidates' (every backend's versions), the choice recorded."""
+    from mrdeploy.exporter.build import ProfileReport, merge_build_info
+
+    entries = []
+    with atomic_dir(output, "bundle", force) as tmp:
+        src = built[0]
+        shutil.copyfile(src.bundle / first.source["artifact"], tmp / "model.onnx")
+        taken = {"model.onnx": first.source["sha256"]}
+        for name, (c, reason, rows) in chosen.items():
+            entry = _entry(c, name)
+            tag = f"{c.backend}-{c.precision}"
+            artifact = _copy(c.bundle, entry.artifact, tmp, taken, f"profiles/{name}.{tag}{Path(entry.artifact).suffix}")
+            files = []
+            for f in entry.files:  # an OpenVINO .bin: found by the .xml's name, so kept beside it
+                rel = _copy(c.bundle, f["path"], tmp, taken, str(Path(artifact).with_suffix(Path(f["path"]).suffix)))
+                files.append({"path": rel, "sha256": f["sha256"]})
+            calibration = entry.calibration
+            if calibration and calibration.get("cache"):
+                cache = _copy(c.bundle, calibration["cache"], tmp, taken, f"profiles/{name}.{tag}.calib")
+                calibration = {**calibration, "cache": cache}
+            measurements = {"auto": {"choice": c.label, "reason": reason, "threads": threads,
+                                     "rounds": ROUNDS, "calls": CALLS, "candidates": rows}}
+            if entry.measurements:
+                measurements["build"] = entry.measurements
+            entries.append(replace(entry, artifact=artifact, files=files, calibration=calibration,
+                                   measurements=measurements))
+            nodes = entry.options.get("nodes") or {}
+            result.profiles.append(ProfileReport(
+                name, entry.profile.describe().split("=", 1)[1], c.backend, c.precision, nodes.get("source", 0),
+                nodes.get("specialized", 0), None, None, 0.0, artifact,
+            ))
+        manifest = replace(first, profiles=entries, build=merge_build_info([c.manifest.build for c in built]),
+                           source={"artifact": "model.onnx", "sha256": first.source["sha256"]})
+        manifest.write(tmp)
