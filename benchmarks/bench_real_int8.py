@@ -7,8 +7,9 @@ the FP32 model on photo crops that calibration never saw (examples/real/photos.p
   uint8 activations, int8 weights, MinMax), calibrated on the same crops at one size (224);
 - ``one size``: mrdeploy's quantizer, calibrated once at 224 and used at every size (what peers do);
 - ``per profile``: mrdeploy's bundle, each profile calibrated at its own sizes, no budget;
-- ``budget D``: the same with ``--max-drop D`` for each D of ``--max-drop`` (default 0.03 and 0.10); a
-  budget the build refuses (no INT8 model meets it on the held-out crops) shows as ``refused``.
+- ``budget D``: the same with ``--max-drop D`` for each D of ``--max-drop`` (default 0.03 and 0.10), held
+  out data ``--heldout`` crops (default 40) of the calibration halves; a budget the build refuses (no
+  INT8 model meets it on the held-out crops) shows as ``refused``.
 
 ``fp32+noise`` is the metric's noise floor: the FP32 model itself on the same crops plus Gaussian noise of
 one grey level. Many crops are textures, microscopy or astronomy, far from ImageNet's classes, where
@@ -86,6 +87,9 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=30, help="calibration photo crops (the budget holds out a third)")
     ap.add_argument("--eval", type=int, default=80, help="evaluation photo crops per size")
     ap.add_argument("--max-drop", default="0.03,0.10", help="comma-separated budgets, one bundle each")
+    ap.add_argument("--heldout", type=int, default=40,
+                    help="held-out crops for the budget builds (--heldout-data: other crops of the calibration "
+                    "halves, seed 1); 0: the budget holds out a third of the calibration crops")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
 
@@ -98,7 +102,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench_real_int8."))
     calib_dir = photos.write_folder(work / "calib", "calib", args.calib)
-    print(f"work dir {work}; {args.calib} calibration crops, {args.eval} evaluation crops per size")
+    held_dir = photos.write_folder(work / "heldout", "calib", args.heldout, seed=1) if args.heldout else None
+    print(f"work dir {work}; {args.calib} calibration crops, {args.eval} evaluation crops per size, "
+          + (f"{args.heldout} held-out crops for the budget" if held_dir else "the budget holds out a third"))
     for key in args.models.split(","):
         t0 = time.perf_counter()
         src = work / f"{key}.onnx"
@@ -118,7 +124,8 @@ def main() -> None:
         for d in [float(v) for v in args.max_drop.split(",")]:
             t2 = time.perf_counter()
             try:
-                mrdeploy.build_engine(src, work / f"{key}.budget{d}", PROFILES, max_drop=d, **common)
+                mrdeploy.build_engine(src, work / f"{key}.budget{d}", PROFILES, max_drop=d, heldout_data=held_dir,
+                                      **common)
                 runners[f"budget {d:g}"] = mrdeploy.load(work / f"{key}.budget{d}")
             except CalibrationError as e:
                 refused[f"budget {d:g}"] = str(e)
@@ -159,7 +166,8 @@ def main() -> None:
         for name, r in runners.items():
             for e in r.manifest.profiles:
                 c = e.calibration or {}
-                print(f"  {name} {e.name}: held-out drop {c.get('drop')} (observed {c.get('observed_drop')}), "
+                print(f"  {name} {e.name}: held-out drop {c.get('drop')} (observed {c.get('observed_drop')}) on "
+                      f"{c.get('heldout_rows')} (stable, all) pairs, "
                       f"{len(c.get('float_nodes', []))} blocks float, {c.get('weight_bits')}-bit weights")
             r.close()
         print(f"  ({time.perf_counter() - t0:.0f} s for this model)")

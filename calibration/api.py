@@ -58,6 +58,7 @@ class ProfileCalibration:
     cache_path: Path | None = None
     metric: str = "top1"
     heldout: int = 0
+    heldout_rows: list[int] | None = None  # (sample, size) pairs the drop is measured on, and all pairs
     drop: float | None = None  # of the final Q/DQ model on held-out samples (the metric's estimate)
     observed_drop: float | None = None  # top-1: the counted fraction of flips (moves in steps of 1/N)
     cosine_drop: float | None = None
@@ -92,6 +93,7 @@ class ProfileCalibration:
             "cache_sha256": sha256_file(self.cache_path) if self.cache_path and self.cache_path.is_file() else None,
             "metric": self.metric,
             "heldout": self.heldout,
+            "heldout_rows": self.heldout_rows,
             "drop": self.drop,
             "observed_drop": self.observed_drop,
             "cosine_drop": self.cosine_drop,
@@ -204,6 +206,11 @@ def calibrate_profile(
                           for s in eval_sizes(profile)]
             scorer = Scorer.make(reference_path or model_path, held_feeds, out_name, metric, threads, batch)
             result.heldout = len(cset.heldout)
+            result.heldout_rows = list(scorer.rows)
+            if scorer.rows[0] < scorer.rows[1]:
+                result.notes.append(
+                    f"the drop is measured on {scorer.rows[0]} of {scorer.rows[1]} held-out (sample, size) pairs: "
+                    "the others' FP32 class flips under one grey level of noise")
             first = scorer.score(candidate)
             result.drop_all_int8 = first.drop
             _record(result, first)

@@ -262,3 +262,35 @@ def test_cli_calibrate(exported, digit_dir, tmp_path, capsys):
               "-o", str(tmp_path / "x")])
     assert e.value.code == 1
     assert "mrdeploy: error: calibration data" in capsys.readouterr().err
+
+
+def test_budget_drop_leaves_out_pairs_whose_fp32_class_noise_flips(tmp_path):
+    """The held-out drop is measured on the pairs whose FP32 class survives one grey level of noise: a
+    sample with two classes neck and neck is left out, so one such sample cannot decide a budget."""
+    from onnx import TensorProto, helper
+
+    from mrdeploy.calibration.evaluate import Scorer
+
+    # logits = the per-channel means of the input
+    g = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["y"], axis=1)],
+        "gap", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
+    path = tmp_path / "gap.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    rng = np.random.default_rng(0)
+    feeds = []
+    for k in range(10):
+        x = rng.uniform(0, 1, (3, 8, 8)).astype(np.float32)  # per-sample feeds: no batch axis
+        x[k % 3] += 2.0  # a clear winner...
+        if k == 4:  # ...except sample 4: the same pixels in every channel, three classes tied
+            x[:] = x[0]
+        feeds.append({"x": x})
+    scorer = Scorer.make(path, feeds, "y", "top1")
+    assert scorer.rows == (9, 10)
+    assert not scorer.stable[4] and scorer.stable.sum() == 9
+    assert scorer.score(path).drop == 0.0
+    # too few stable pairs (fewer than 8): every pair is scored
+    assert Scorer.make(path, feeds[:6], "y", "top1").stable is None
+    assert Scorer.make(path, feeds, "y", "cosine").rows == (10, 10)
