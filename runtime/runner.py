@@ -48,14 +48,11 @@ def _as_int(d) -> int:
 
 
 def _all_finite(a: np.ndarray) -> bool:
-    """True when no element is NaN or Inf. The dot product of the array with itself (one BLAS pass,
-    no temporary) is finite exactly when every element is, unless the sum of squares overflows, in
-    which case the elementwise test decides."""
-    v = a.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):  # huge finite values overflow the sum: not an error
-        if np.isfinite(np.dot(v, v)):
-            return True
-    return bool(np.isfinite(v).all())
+    """True when no element is NaN or Inf. Not through BLAS (a dot product of the array with itself was
+    one pass without a temporary, but OpenBLAS wakes its threads for it, and on 2 cores they then spin
+    beside the engine's: +110 us a call at 64x64 and the next engine call slower, measured by
+    benchmarks/bench_runtime.py); the boolean temporary costs about 6 us at 1x3x64x64."""
+    return bool(np.isfinite(a).all())
 
 
 @dataclass(frozen=True)
@@ -133,6 +130,10 @@ class Runner:
         self._closed = False
         self._decisions: dict = {}  # (shapes, policy) -> Decision; dict ops are atomic under the GIL
         self._profiles = [e.profile for e in self.entries]
+        # the hot path (``run``): shape -> (engine, decision) for a single float32 input served exactly by a
+        # loaded engine that is never evicted (no max_loaded); see _hot_run
+        self._single = self.input_names[0] if len(self.input_names) == 1 else None
+        self._hot: dict[tuple, tuple[Engine, Decision, bool]] = {}
 
     # --- what the bundle serves ------------------------------------------------------------------
 
@@ -197,7 +198,36 @@ class Runner:
 
     def run(self, inputs, policy: str | None = None) -> dict[str, np.ndarray]:
         """``{input name: NCHW array}`` (or a bare array for a single-input model) -> {output name: array}."""
+        if policy is None and self._hot:
+            outs = self._hot_run(inputs)
+            if outs is not None:
+                return outs
         return self.run_with_info(inputs, policy=policy)[0]
+
+    def _hot_run(self, inputs) -> dict[str, np.ndarray] | None:
+        """The same call as ``run_with_info`` with less Python in it, for what a served stream repeats: one
+        C-contiguous float32 input of a shape already served exactly (no fitting, no restoring) by an
+        engine that stays loaded. Right after an engine call the CPU caches hold the engine's data, not
+        the interpreter's: every line run here costs several times what it costs in a loop without the
+        engine (measured by benchmarks/bench_runtime.py at 64x64: +139 us a call over a bare session
+        through run_with_info). The input check stays (a non-finite input, or anything not recognized,
+        goes through ``run_with_info`` (None), which says what is wrong); outputs are checked here only
+        for fp16/bf16 engines, which can overflow on a finite input."""
+        a = inputs if type(inputs) is np.ndarray else (
+            inputs.get(self._single) if type(inputs) is dict and len(inputs) == 1 else None)
+        if a is None or a.dtype != np.float32 or not a.flags.c_contiguous:
+            return None
+        hot = self._hot.get(a.shape)
+        if hot is None or self._closed or not np.isfinite(a).all():
+            return None
+        engine, decision, check_outputs = hot
+        outs = engine.run({self._single: a})
+        if check_outputs:
+            for y in outs.values():
+                if y.dtype.kind == "f" and not np.isfinite(y).all():
+                    return None  # run_with_info runs it again and raises, naming the profile
+        self._local.decision = decision
+        return outs
 
     def run_with_info(self, inputs, policy: str | None = None) -> tuple[dict[str, np.ndarray], RunInfo]:
         """Like ``run``, and also returns the Decision and the latency."""
@@ -210,8 +240,24 @@ class Runner:
         outs, load_ms = self._run_fitted(decision.profile.name, feeds, arrays)
         outs = self._restore(outs, decision)
         self._local.decision = decision
+        if (decision.action == "exact" and self._single is not None and self.max_loaded is None
+                and policy in (None, self.policy)):
+            self._remember(decision)
         latency = (time.perf_counter() - start) * 1e3 - load_ms
         return outs, RunInfo(decision, latency, load_ms)
+
+    def _remember(self, decision: Decision) -> None:
+        """Put an exact decision on the hot path once its engine is loaded (and takes float32)."""
+        shape = decision.input_shapes[self._single]
+        if shape in self._hot or len(self._hot) >= _DECISION_CACHE_SIZE:
+            return
+        with self._cond:
+            engine = self._engines.get(decision.profile.name)
+        if engine is not None and engine.input_dtypes.get(self._single, np.dtype(np.float32)) == np.float32:
+            # fp32/int8 engines compute in float32 from a finite input: their outputs are checked on the
+            # other path only; fp16/bf16 ones can overflow, so theirs are checked here too
+            precision = self._by_name[decision.profile.name].precision
+            self._hot[shape] = (engine, decision, precision not in ("fp32", "int8"))
 
     def run_profile(self, name: str, inputs) -> dict[str, np.ndarray]:
         """Run the named profile directly, bypassing selection (parity checks, benchmarks). The inputs
@@ -263,6 +309,7 @@ class Runner:
         """Unload every engine; the runner cannot be used afterwards."""
         with self._cond:
             self._closed = True
+            self._hot.clear()
             engines, self._engines = list(self._engines.values()), OrderedDict()
         for e in engines:
             e.close()

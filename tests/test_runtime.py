@@ -114,6 +114,39 @@ def test_exact_matches_model(cls_bundle, cls_runner):
     assert cls_runner.last_decision.action == "exact"
 
 
+def test_hot_path_serves_a_repeated_exact_shape_with_every_check(cls_bundle, tmp_path):
+    """A shape served exactly once goes through the short path after: same outputs, same decision, the
+    same refusals; inputs it does not take (non-contiguous, float64, other shapes) take the full path."""
+    x = rand(1, 3, 100, 130)
+    ref = ort_run(cls_bundle / "model.onnx", {"input": x})["logits"]
+    with rt.load(cls_bundle) as r:
+        assert r._hot == {}
+        np.testing.assert_array_equal(r(x), ref)  # full path, then remembered
+        assert list(r._hot) == [(1, 3, 100, 130)]
+        calls = []
+        full = r.run_with_info
+        r.run_with_info = lambda *a, **k: calls.append(1) or full(*a, **k)
+        np.testing.assert_array_equal(r({"input": x}), ref)
+        np.testing.assert_array_equal(r(x.copy()), ref)
+        assert calls == [] and r.last_decision.profile.name == "large"
+        bad = x.copy()
+        bad[0, 1, 2, 3] = np.nan
+        with pytest.raises(InputError, match=r"input 'input': expected finite values, got 1 NaN/Inf of 39000"):
+            r(bad)
+        wide = np.asfortranarray(x)  # not C-contiguous: the full path makes it so
+        np.testing.assert_array_equal(r(wide), ref)
+        np.testing.assert_array_equal(r(x.astype(np.float64)), ref)
+        assert len(calls) == 3
+        r.close()
+        assert r._hot == {}
+        with pytest.raises(MrdeployError, match="is closed"):
+            r(x)
+    with rt.load(cls_bundle, max_loaded=1) as r:  # engines may be evicted: every call takes the full path
+        r(x)
+        r(x)
+        assert r._hot == {}
+
+
 def test_run_profile_bypasses_selection(cls_bundle, cls_runner):
     x = rand(1, 3, 100, 100)
     ref = ort_run(cls_bundle / "model.onnx", {"input": x})["logits"]
