@@ -99,7 +99,7 @@ def overhead_at(bundle: Path, size: int, runs: int, threads: int) -> dict:
     # fresh: every call gets an input just written (as a served request's, fresh from preprocessing);
     # reused: the same array every call, which the previous engine call has pushed out of the CPU caches
     # (the Runner's finite check then reads it from memory: the pessimistic case)
-    buf = np.empty_like(x)
+    buf = x.copy()
     for mode, feed, before in (("fresh", buf, lambda: np.copyto(buf, x)), ("reused", x, None)):
         t = interleaved({"runner": lambda f=feed: runner.run({name: f}),
                          "bare": lambda f=feed: sess.run(out_names, {name: f})}, runs, before=before)
