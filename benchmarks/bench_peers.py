@@ -277,14 +277,24 @@ def _nncf_int8(src: Path, calib: np.ndarray, out: Path, transformer: bool) -> Pa
     return out
 
 
-def _parse_ours(text: str) -> list[tuple[str, str]]:
+def _parse_ours(text: str, max_drop: float | None) -> list[tuple[str, str, float | None]]:
+    """``B:P`` or ``B:P@D`` items -> (backend, precision, max drop: D, else --max-drop)."""
     out = []
     for item in filter(None, (s.strip() for s in text.split(","))):
-        b, sep, p = item.partition(":")
-        if not sep or not b or not p:
-            raise SystemExit(f"--ours: expected BACKEND:PRECISION items, got {item!r}")
-        out.append((b, p))
+        head, at, drop = item.partition("@")
+        b, sep, p = head.partition(":")
+        try:
+            d = float(drop) if at else max_drop
+        except ValueError:
+            d = "bad"
+        if not sep or not b or not p or d == "bad":
+            raise SystemExit(f"--ours: expected BACKEND:PRECISION or BACKEND:PRECISION@MAXDROP items, got {item!r}")
+        out.append((b, p, d))
     return out
+
+
+def _ours_name(b: str, p: str, d: float | None) -> str:
+    return f"ours:{b}:{p}" + ("" if d is None else f"@{d:g}")
 
 
 def prepare(key: str, args, work: Path, say, notes: list[str]) -> tuple[dict, dict]:
@@ -305,7 +315,8 @@ def prepare(key: str, args, work: Path, say, notes: list[str]) -> tuple[dict, di
             raise SystemExit(f"{key}: size {s} is not a multiple of the model's divisor {spec['divisor']}")
         np.save(d / f"eval_{s}.npy", photos.batch("eval", args.eval, (s, s), mean, std))
     calib_dir = photos.write_folder(d / "calib", "calib", args.calib)
-    held_dir = photos.write_folder(d / "heldout", "calib", args.heldout, seed=1) if args.max_drop is not None else None
+    budgets = any(drop is not None for _, _, drop in args.ours)
+    held_dir = photos.write_folder(d / "heldout", "calib", args.heldout, seed=1) if budgets else None
     calib = photos.batch("calib", args.calib, (args.calib_size, args.calib_size), mean, std)
     say(f"{key}: exporting")
     stage = {}
@@ -328,21 +339,22 @@ def prepare(key: str, args, work: Path, say, notes: list[str]) -> tuple[dict, di
     from mrdeploy.errors import MrdeployError
     from mrdeploy.exporter.build import build_bundle
 
-    for b, p in args.ours:
-        name = f"ours:{b}:{p}"
-        say(f"{key}: building bundle {b} {p}")
+    for b, p, drop in args.ours:
+        name = _ours_name(b, p, drop)
+        bundle = d / (name.replace(":", "_").replace("@", "_d") + ".bundle")
+        say(f"{key}: building bundle {b} {p}" + ("" if drop is None else f" --max-drop {drop:g}"))
         t0 = time.perf_counter()
         try:
-            budget = dict(max_drop=args.max_drop, heldout_data=held_dir) if args.max_drop is not None else {}
-            build_bundle(src, d / f"ours_{b}_{p}.bundle", [f"s{s}={s}" for s in args.sizes], backend=b, precision=p,
+            budget = dict(max_drop=drop, heldout_data=held_dir) if drop is not None and p in ("int8", "auto") else {}
+            build_bundle(src, bundle, [f"s{s}={s}" for s in args.sizes], backend=b, precision=p,
                          calib_data=calib_dir, calib_samples=args.calib, threads=args.threads, quiet=True, force=True,
-                         **(budget if p in ("int8", "auto") else {}))
+                         **budget)
         except (MrdeployError, NotImplementedError, ImportError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            notes.append(f"{key}: skipped ours {b}:{p}: the installed mrdeploy refuses it ({first})")
+            notes.append(f"{key}: skipped ours {name[5:]}: the installed mrdeploy refuses it ({first})")
             continue
         stage[name] = time.perf_counter() - t0
-        arts[name] = str(d / f"ours_{b}_{p}.bundle")
+        arts[name] = str(bundle)
     spec["data"] = str(d)
     spec["prepare_s"] = {k: round(v, 1) for k, v in stage.items()}
     return spec, arts
@@ -354,7 +366,8 @@ def prepare(key: str, args, work: Path, say, notes: list[str]) -> tuple[dict, di
 def label(target: str) -> str:
     if target.startswith("ours:"):
         _, b, p = target.split(":")
-        return f"ours {b} {p}"
+        p, at, drop = p.partition("@")
+        return f"ours {b} {p}" + (f" max-drop {drop}" if at else "")
     return PEERS[target]
 
 
@@ -492,7 +505,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", help=f"comma-separated, of {','.join(MODELS)} (default lite1,lite2,cnn,vit)")
     ap.add_argument("--sizes", help="comma-separated square sizes, one static profile each (default 160,224,288)")
     ap.add_argument("--peers", default=",".join(PEERS), help=f"peer targets (default {','.join(PEERS)})")
-    ap.add_argument("--ours", default=DEFAULT_OURS, help=f"our bundles as BACKEND:PRECISION (default {DEFAULT_OURS})")
+    ap.add_argument("--ours", default=DEFAULT_OURS,
+                    help=f"our bundles as BACKEND:PRECISION, or BACKEND:PRECISION@MAXDROP for a budget (default {DEFAULT_OURS})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--calls", type=int, help="timed calls per size per round (median taken)")
@@ -500,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget", type=float, default=15.0,
                     help="seconds of timed calls per size per round after which a slow target stops (>= 5 calls)")
     ap.add_argument("--calib", type=int, help="calibration crops (default 30)")
-    ap.add_argument("--max-drop", type=float, help="--max-drop for our int8/auto bundles (default: none)")
+    ap.add_argument("--max-drop", type=float, help="--max-drop for our int8/auto bundles without @MAXDROP (default: none)")
     ap.add_argument("--heldout", type=int, default=40, help="held-out crops for --max-drop (default 40)")
     ap.add_argument("--calib-size", type=int, help="the size peers calibrate at (default: the middle size)")
     ap.add_argument("--eval", type=int, help="evaluation crops per size for top-1 agreement (default 50)")
@@ -527,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown model/peer {bad}; models: {', '.join(MODELS)}; peers: {', '.join(PEERS)}")
     if "eager" not in args.peers:
         args.peers.insert(0, "eager")  # the reference for agreement and ratios
-    args.ours = _parse_ours(args.ours)
+    args.ours = _parse_ours(args.ours, args.max_drop)
     say = _progress(sys.stderr.isatty())
     import logging
     import warnings
@@ -560,7 +574,7 @@ def main(argv: list[str] | None = None) -> dict:
            "machine": info, "threads": args.threads, "rounds": args.rounds, "calls": args.calls, "warmup": args.warmup,
            "budget_s": args.budget,
            "batch": 1, "sizes": args.sizes, "calib": args.calib, "calib_size": args.calib_size, "eval": args.eval,
-           "ours": [f"{b}:{p}" for b, p in args.ours], "max_drop": args.max_drop, "heldout": args.heldout,
+           "ours": [_ours_name(*o)[5:] for o in args.ours], "max_drop": args.max_drop, "heldout": args.heldout,
            "notes": notes, "models": results,
            "seconds": round(time.perf_counter() - t0, 1)}
     (args.out / "peers.json").write_text(json.dumps(out, indent=2))
