@@ -58,3 +58,17 @@ def test_quick_run_one_model_one_size(tmp_path):
                   key=lambda r: r["ms"])
     assert by["eager"]["fastest_peer"] == fastest["target"]
     assert (out / "peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ours_items_carry_an_optional_budget():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_peers import _ours_name, _parse_ours, label
+
+    items = _parse_ours("openvino:int8, auto:auto@0.03", 0.1)
+    assert items == [("openvino", "int8", 0.1), ("auto", "auto", 0.03)]
+    assert [_ours_name(*o) for o in items] == ["ours:openvino:int8@0.1", "ours:auto:auto@0.03"]
+    assert label("ours:auto:auto@0.03") == "ours auto auto max-drop 0.03"
+    assert _parse_ours("onnxruntime:fp32", None) == [("onnxruntime", "fp32", None)]
+    for bad in ("auto", "auto:auto@x", ":int8"):
+        with pytest.raises(SystemExit, match="expected BACKEND:PRECISION or BACKEND:PRECISION@MAXDROP items"):
+            _parse_ours(bad, None)
