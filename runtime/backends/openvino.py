@@ -126,7 +126,9 @@ class OvEngine(Engine):
         if request is None:
             request = self.compiled.create_infer_request()
         try:
-            res = request.infer(feeds)  # share_outputs=False: the outputs are copies, the request is reusable
+            # share_inputs: the request reads the caller's arrays in place (the call is synchronous, the Runner
+            # hands over C-contiguous arrays); share_outputs=False: the outputs are copies, the request is reusable
+            res = request.infer(feeds, share_inputs=True)
             outs = {name: res[port] for name, port in zip(self.output_names, self._ports)}
         finally:
             with self._lock:
