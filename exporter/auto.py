@@ -23,6 +23,7 @@ import math
 import shutil
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -120,20 +121,14 @@ def time_candidates(name: str, cands: list[Candidate], threads: int | None) -> N
                 for k in order[r % len(order):] + order[: r % len(order)]:
                     calls[k]()  # untimed: the previous candidate's caches are cold for this one
                     for _ in range(CALLS):
-                        t = _now()
+                        t = time.perf_counter()
                         calls[k]()
-                        times[k].append(_now() - t)
+                        times[k].append(time.perf_counter() - t)
             for c in cands:
                 c.ms[kind] = statistics.median(times[id(c)]) * 1e3
     finally:
         for eng in engines.values():
             eng.close()
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
 
 
 def _entry(c: Candidate, name: str) -> ProfileEntry:
