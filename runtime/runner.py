@@ -60,8 +60,9 @@ def _all_finite(a: np.ndarray) -> bool:
     return bool(np.isfinite(v).all())
 
 
-# the hot path's finite test is a bare dot product (np.errstate costs ~40 us right after an engine call):
-# a sum of squares that overflows sends the call down the full path, which decides without this warning
+# the hot path's finite test is a bare dot product (entering np.errstate is among the costliest lines right
+# after an engine call): a sum of squares that overflows sends the call down the full path, which decides
+# without this warning
 warnings.filterwarnings("ignore", message="overflow encountered in dot", category=RuntimeWarning,
                         module=__name__)
 
@@ -220,13 +221,12 @@ class Runner:
         C-contiguous float32 input of a shape already served exactly (no fitting, no restoring) by an
         engine that stays loaded. Right after an engine call the CPU caches hold the engine's data, not
         the interpreter's: every line run here costs several times what it costs in a loop without the
-        engine (measured by benchmarks/bench_runtime.py at 64x64: +139 us a call over a bare session
-        through run_with_info). The input check stays, as a bare dot product of the input with itself
-        (finite exactly when every element is, or when it overflows: then, as for anything not
-        recognized, ``run_with_info`` runs the call (None) and says what is wrong); outputs are checked
-        here only for fp16/bf16 engines, which can overflow on a finite input. Right after an engine
-        call the dot product costs 26 us at 1x3x64x64 against 68 us for ``np.isfinite(x).all()`` or
-        the dot product inside ``np.errstate`` (a one-off measurement on the 2-core machine)."""
+        engine (benchmarks/bench_runtime.py: the full path cost the example CNN +13.6% at 64x64, see
+        docs/BENCHMARKS.md section 1). The input check stays, as a bare dot product of the input with
+        itself, the cheapest test found there (finite exactly when every element is, or when it
+        overflows: then, as for anything not recognized, ``run_with_info`` runs the call (None) and says
+        what is wrong); outputs are checked here only for fp16/bf16 engines, which can overflow on a
+        finite input."""
         a = inputs if type(inputs) is np.ndarray else (
             inputs.get(self._single) if type(inputs) is dict and len(inputs) == 1 else None)
         if a is None or a.dtype != np.float32 or not a.flags.c_contiguous:
