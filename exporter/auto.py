@@ -103,15 +103,24 @@ def _shape_kinds(entry: ProfileEntry) -> list[str]:
 def time_candidates(name: str, cands: list[Candidate], threads: int | None) -> None:
     """Fill each candidate's ``ms`` for profile ``name``: engines loaded together, called in turn."""
     entries = {id(c): _entry(c, name) for c in cands}
-    engines = {id(c): _engine(c, entries[id(c)], threads) for c in cands}
-    kinds = _shape_kinds(entries[id(cands[0])])
-    rng = np.random.default_rng(0)
-    feeds = {k: {n: rng.standard_normal(getattr(r, k)).astype(np.float32)
-                 for n, r in entries[id(cands[0])].profile.inputs.items()} for k in kinds}
+    engines = {}
     try:
+        for c in cands:  # an engine this machine cannot load is a refused candidate, not a failed build
+            try:
+                engines[id(c)] = _engine(c, entries[id(c)], threads)
+            except MrdeployError as e:
+                c.error = f"profile {name!r}: the engine does not load: {_first_line(e)}"
+        loaded = [c for c in cands if id(c) in engines]
+        if not loaded:
+            raise ExportError(f"--backend auto: profile {name!r}: no candidate's engine loads: "
+                              + "; ".join(f"{c.label}: {c.error}" for c in cands))
+        kinds = _shape_kinds(entries[id(loaded[0])])
+        rng = np.random.default_rng(0)
+        feeds = {k: {n: rng.standard_normal(getattr(r, k)).astype(np.float32)
+                     for n, r in entries[id(loaded[0])].profile.inputs.items()} for k in kinds}
         for kind in kinds:
             calls = {}
-            for c in cands:
+            for c in loaded:
                 eng = engines[id(c)]
                 f = {n: a.astype(eng.input_dtypes.get(n, a.dtype), copy=False) for n, a in feeds[kind].items()}
                 calls[id(c)] = (lambda e=eng, f=f: e.run(f))
@@ -124,7 +133,7 @@ def time_candidates(name: str, cands: list[Candidate], threads: int | None) -> N
                         t = time.perf_counter()
                         calls[k]()
                         times[k].append(time.perf_counter() - t)
-            for c in cands:
+            for c in loaded:
                 c.ms[kind] = statistics.median(times[id(c)]) * 1e3
     finally:
         for eng in engines.values():
@@ -224,6 +233,7 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
                 if any(c.source for c in here):  # the source only where its fp32 profile is an ONNX file
                     here = [c for c in here if not c.source or _source_competes(c, name)]
                 time_candidates(name, here, threads)
+                result.notes.extend(f"candidate {c.label} refused: {c.error}" for c in here if c.error)
                 best, reason = choose(here, AUTO_MIN_SPEEDUP)
                 rows = [_record(c, name) for c in here] + [_record(c, name) for c in cands if c.error]
                 chosen[name] = (best, reason, rows)

@@ -144,3 +144,29 @@ def build_engine_auto(model, out, **kw):
     from mrdeploy.exporter.build import build_bundle
 
     return build_bundle(model, out, ["s=48"], backend="auto", quiet=True, **kw)
+
+
+def test_an_engine_that_does_not_load_is_a_refused_candidate(exported, tmp_path, monkeypatch):
+    from mrdeploy.errors import BundleError
+    from mrdeploy.exporter import auto
+
+    real = auto._engine
+
+    def engine(c, entry, threads):
+        if c.source:
+            raise BundleError("profile 's': ONNX Runtime cannot load model.onnx: test")
+        return real(c, entry, threads)
+
+    monkeypatch.setattr(auto, "_engine", engine)
+    result = build_engine_auto(exported("cnn"), tmp_path / "b", precision="fp32", threads=1)
+    rows = Manifest.read(tmp_path / "b").profiles[0].measurements["auto"]["candidates"]
+    source = [r for r in rows if r["source_model"]]
+    assert source == [{"backend": "onnxruntime", "precision": "fp32", "source_model": True,
+                       "refused": "profile 's': the engine does not load: profile 's': ONNX Runtime cannot "
+                                  "load model.onnx: test"}]
+    assert any(n.startswith("candidate onnxruntime fp32 (source model) refused: ") for n in result.notes)
+    monkeypatch.setattr(auto, "_engine", lambda c, entry, threads: (_ for _ in ()).throw(BundleError("nope")))
+    with pytest.raises(ExportError, match=r"--backend auto: profile 's': no candidate's engine loads: "
+                                          r"onnxruntime fp32: profile 's': the engine does not load: nope"):
+        build_engine_auto(exported("cnn"), tmp_path / "c", precision="fp32", threads=1)
+    assert not (tmp_path / "c").exists()
