@@ -10,6 +10,7 @@ the median round is reported. Before timing, each size is checked: Batcher outpu
     .venv/bin/python benchmarks/bench_batcher.py                       # Lite1, 2 s per cell
     .venv/bin/python benchmarks/bench_batcher.py --model pnet --seconds 3 --json out.json
     .venv/bin/python benchmarks/bench_batcher.py --bundle DIR --sizes 64,96,128x100
+    .venv/bin/python benchmarks/bench_batcher.py --threads 2 --workers 1   # fewer, wider engine calls
 
 Keep other CPU-heavy work off the machine while it runs.
 """

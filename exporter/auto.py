@@ -192,10 +192,9 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
                force: bool = False, threads: int | None = None, **options):
     """Build every candidate, time them per profile, and write one bundle of the chosen engines."""
     from mrdeploy.calibration.api import AUTO_MIN_SPEEDUP
-    from mrdeploy.exporter.build import PRECISIONS, BuildResult, build_bundle
+    from mrdeploy.exporter.build import BuildResult, build_bundle, check_precision
 
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     check_output(output, "bundle", force)
     kinds, notes = candidate_kinds(precision)
     output = Path(output)
@@ -229,7 +228,7 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
         with Progress(len(names), "--backend auto: timing candidates", show=show) as bar:
             for name in names:
                 bar.update(0, note=name)
-                here = [Candidate(c.backend, c.precision, c.source, c.manifest, c.bundle) for c in built]
+                here = [replace(c, ms={}) for c in built]  # this profile's timings only
                 if any(c.source for c in here):  # the source only where its fp32 profile is an ONNX file
                     here = [c for c in here if not c.source or _source_competes(c, name)]
                 time_candidates(name, here, threads)

@@ -87,6 +87,11 @@ class BuildResult:
         return "\n".join(lines)
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def _shapes_text(profile: Profile) -> str:
     """The profile in ``--profile`` syntax, without its name (``32-96@64``, ``t:112-128@128,s:256``)."""
     return profile.describe().split("=", 1)[1]
@@ -149,8 +154,7 @@ def build_bundle(
         return build_auto(model_path, output, profiles, **settings)
     check_backend_name(backend, "backend", ExportError)
     backend_cls = get_backend(backend)
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     allowed = (*backend_cls.precisions, "auto") if backend_cls.qdq_activations else backend_cls.precisions
     if precision not in allowed:
         raise ExportError(f"precision: backend {backend!r} builds {', '.join(allowed)}, got {precision!r}")

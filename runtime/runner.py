@@ -232,7 +232,8 @@ class Runner:
         if a is None or a.dtype != np.float32 or not a.flags.c_contiguous:
             return None
         hot = self._hot.get(a.shape)
-        if hot is None or self._closed or not math.isfinite(np.dot(a.reshape(-1), a.reshape(-1))):
+        v = a.reshape(-1)
+        if hot is None or self._closed or not math.isfinite(np.dot(v, v)):
             return None
         engine, decision, check_outputs = hot
         outs = engine.run({self._single: a})
