@@ -11,6 +11,7 @@ the median round is reported. Before timing, each size is checked: Batcher outpu
     .venv/bin/python benchmarks/bench_batcher.py --model pnet --seconds 3 --json out.json
     .venv/bin/python benchmarks/bench_batcher.py --bundle DIR --sizes 64,96,128x100
     .venv/bin/python benchmarks/bench_batcher.py --threads 2 --workers 1   # fewer, wider engine calls
+    .venv/bin/python benchmarks/bench_batcher.py --precision int8          # INT8 (batches pay more per image)
 
 Keep other CPU-heavy work off the machine while it runs.
 """
@@ -42,8 +43,9 @@ MODELS = {
 }
 
 
-def build(model: str, work: Path, threads: int) -> Path:
+def build(model: str, work: Path, threads: int, backend: str, precision: str) -> Path:
     from examples.real import models as real
+    from examples.real import photos
     from mrdeploy.exporter.api import export
     from mrdeploy.exporter.build import build_bundle
 
@@ -53,7 +55,11 @@ def build(model: str, work: Path, threads: int) -> Path:
     export(factory, (1, 3, 64, 64), onnx, max_size=(256, 256), mean=mean, std=std, name=model,
            validate=False, **kwargs)
     out = work / f"{model}.bundle"
-    build_bundle(onnx, out, profiles, batch="1-8@1", policy="pad", threads=threads, quiet=True)
+    calib = {}
+    if precision == "int8":  # calibrated per profile on real photo crops (the int8 issue's default flags)
+        calib = dict(calib_data=photos.write_folder(work / "calib", "calib", 30), calib_samples=30)
+    build_bundle(onnx, out, profiles, batch="1-8@1", policy="pad", threads=threads, quiet=True,
+                 backend=backend, precision=precision, **calib)
     return out
 
 
@@ -122,6 +128,9 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--seconds", type=float, default=2.0, help="Per cell.")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--backend", default="onnxruntime", help="The bundle's backend (default onnxruntime).")
+    ap.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                    help="int8: calibrated per profile on 30 real photo crops.")
     ap.add_argument("--threads", type=int, default=1, help="Intra-op threads per engine.")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--workers", type=int, help="Engine calls at once (default: the Batcher's, the CPU count).")
@@ -134,7 +143,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench_batcher."))
     t0 = time.perf_counter()
-    bundle = args.bundle or build(args.model, work, args.threads)
+    bundle = args.bundle or build(args.model, work, args.threads, args.backend, args.precision)
     sizes = parse_sizes(args.sizes or MODELS[args.model][2])
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((1, 3, h, w)).astype(np.float32) for h, w in sizes]

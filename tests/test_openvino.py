@@ -131,8 +131,17 @@ def test_concurrent_calls_give_the_sequential_answers(bundles):
             t.start()
         for t in threads:
             t.join()
+        # one thread per call: as many streams as cores, so the concurrent calls above ran side by side
+        compiled = r._engines["m"].compiled
+        cores = ovb.usable_cores()
+        assert (compiled.get_property("NUM_STREAMS"), compiled.get_property("INFERENCE_NUM_THREADS")) == (cores, cores)
     for a, b in zip(want, got):
         np.testing.assert_array_equal(a, b)
+
+
+def test_streams_follow_the_threads_per_call(monkeypatch):
+    monkeypatch.setattr(ovb, "usable_cores", lambda: 8)
+    assert [ovb.streams_for(t) for t in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
 
 
 def test_a_tampered_ir_file_is_refused_naming_it(bundles, tmp_path):
