@@ -32,6 +32,7 @@ import numpy as np
 from mrdeploy._atomic import atomic_dir, check_output, run_tempdir
 from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError, MrdeployError
+from mrdeploy.exporter.weights import share_weights
 from mrdeploy.runtime.backends.registry import backend_names, get_backend
 from mrdeploy.runtime.manifest import Manifest, ProfileEntry, sha256_file
 
@@ -189,7 +190,7 @@ def _copy(src_bundle: Path, rel: str, out: Path, taken: dict[str, str], alt: str
 
 
 def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quiet: bool = False,
-               force: bool = False, threads: int | None = None, **options):
+               force: bool = False, threads: int | None = None, share_weights: bool = True, **options):
     """Build every candidate, time them per profile, and write one bundle of the chosen engines."""
     from mrdeploy.calibration.api import AUTO_MIN_SPEEDUP
     from mrdeploy.exporter.build import BuildResult, build_bundle, check_precision
@@ -207,7 +208,8 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
                 c = Candidate(backend, prec)
                 try:
                     c.bundle = build_bundle(model_path, Path(work) / f"{backend}-{prec}", profiles, backend=backend,
-                                            precision=prec, threads=threads, quiet=True, **options).path
+                                            precision=prec, threads=threads, quiet=True, share_weights=False,
+                                            **options).path
                     c.manifest = Manifest.read(c.bundle)
                 except MrdeployError as e:
                     c.error = _first_line(e)
@@ -238,7 +240,7 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
                 chosen[name] = (best, reason, rows)
                 result.notes.append(f"{name}: {best.label}: {reason}")
                 bar.update(1, note=name)
-        _write(output, force, first, chosen, built, threads, result)
+        _write(output, force, first, chosen, built, threads, result, share_weights)
     return result
 
 
@@ -248,7 +250,7 @@ def _source_competes(c: Candidate, name: str) -> bool:
 
 
 def _write(output: Path, force: bool, first: Manifest, chosen: dict, built: list[Candidate], threads,
-           result) -> None:
+           result, share: bool) -> None:
     """One bundle of the chosen engines: their files copied from the candidate bundles, the manifest's
     build block the union of the candidates' (every backend's versions), the choice recorded."""
     from mrdeploy.exporter.build import ProfileReport, merge_build_info
@@ -281,6 +283,9 @@ def _write(output: Path, force: bool, first: Manifest, chosen: dict, built: list
                 name, entry.profile.describe().split("=", 1)[1], c.backend, c.precision, nodes.get("source", 0),
                 nodes.get("specialized", 0), None, None, 0.0, artifact,
             ))
+        source = {"artifact": "model.onnx", "sha256": first.source["sha256"]}
+        if share:
+            source, entries = share_weights(tmp, source, entries, result.notes)
         manifest = replace(first, profiles=entries, build=merge_build_info([c.manifest.build for c in built]),
-                           source={"artifact": "model.onnx", "sha256": first.source["sha256"]})
+                           source=source)
         manifest.write(tmp)

@@ -25,6 +25,7 @@ from pathlib import Path
 from mrdeploy._atomic import atomic_dir, check_output
 from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError, MrdeployError
+from mrdeploy.exporter import weights
 from mrdeploy.exporter.onnx_model import SourceModel, read_model
 from mrdeploy.exporter.resolve import resolve_profiles
 from mrdeploy.runtime.backends.registry import (
@@ -145,8 +146,11 @@ def build_bundle(
     heldout_data: str | os.PathLike | None = None,
     quiet: bool = False,
     force: bool = False,
+    share_weights: bool = True,
 ) -> BuildResult:
-    """Build the bundle and return it with the per-profile report (see :func:`build_engine`)."""
+    """Build the bundle and return it with the per-profile report (see :func:`build_engine`).
+    ``share_weights=False`` leaves each graph with its own weights (``--backend auto``'s candidates: their
+    files are picked from and shared once the bundle is assembled)."""
     if backend == "auto":  # every available backend and precision, the fastest kept per profile
         settings = {k: v for k, v in locals().items() if k not in ("model_path", "output", "profiles", "backend")}
         from mrdeploy.exporter.auto import build_auto
@@ -272,9 +276,12 @@ def build_bundle(
                 bar.update(1, note=profile.name)
         build = _build_info(builder)
         builder.finish(tmp, build)  # shared files, e.g. TensorRT's timing cache
+        source_ref = {"artifact": "model.onnx", "sha256": sha256_file(tmp / "model.onnx")}
+        if share_weights:
+            source_ref, entries = weights.share_weights(tmp, source_ref, entries, result.notes)
         manifest = Manifest(
             model=source.info,
-            source={"artifact": "model.onnx", "sha256": sha256_file(tmp / "model.onnx")},
+            source=source_ref,
             policy=policy,
             profiles=entries,
             build=build,

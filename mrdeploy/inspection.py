@@ -121,9 +121,18 @@ def inspect_bundle(path: Path) -> dict:
             axis: [min(r.min[i] for r in rs), max(r.max[i] for r in rs)]
             for i, axis in enumerate(("batch", "channels", "height", "width"))
         }
+    users: dict[str, list[str]] = {}  # a file more than one graph reads (shared weights) -> who reads it
+    for who, files in [("source", m.source.get("files", [])), *((e.name, e.files) for e in m.profiles)]:
+        for f in files:
+            users.setdefault(f["path"], []).append(who)
+    shared = {rel: {"size_bytes": (bundle / rel).stat().st_size if (bundle / rel).is_file() else None, "used_by": who}
+              for rel, who in users.items() if len(who) > 1}
+    on_disk = [q for q in bundle.rglob("*") if q.is_file()]
     return {
         "kind": "bundle",
         "path": str(bundle),
+        "size_bytes": sum(q.stat().st_size for q in on_disk),
+        "shared_files": shared,
         "format_version": m.format_version,
         "policy": m.policy,
         "model": m.model.to_dict(),
@@ -218,6 +227,10 @@ def format_inspection(d: dict) -> str:
                 ms = "  ".join(f"{k} {v:.3f}" for k, v in c["ms"].items())
                 drop = "" if c.get("drop") is None else f"  drop {c['drop']:.4f}"
                 out.append(f"  {'':<14} {label:<32} {c['score_ms']:8.3f} ms  ({ms}){drop}")
+    for rel, f in d["shared_files"].items():
+        size = f"{f['size_bytes'] / 1e6:.2f} MB" if f["size_bytes"] is not None else "MISSING"
+        out.append(f"shared file {rel} ({size}, counted in MB above): read by {', '.join(f['used_by'])}")
+    out.append(f"on disk: {d['size_bytes'] / 1e6:.2f} MB")
     b = d["build"]
     built = ", ".join(f"{k} {v}" for k, v in b.items() if v is not None and k != "created")
     out.append(f"built with: {built}" + (f"  at {b['created']}" if b.get("created") else ""))

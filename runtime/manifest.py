@@ -286,9 +286,12 @@ def verify_artifacts(
     """Check that every artifact (each profile's, its calibration cache, and the source model unless
     ``source=False``) exists and matches its sha256. ``profiles`` limits the check to those names."""
     wanted = None if profiles is None else set(profiles)
+    checked: set[tuple[str, str]] = set()  # graphs may share a file (identical artifacts, shared weights)
     if source:
         verify_artifact(bundle_dir, manifest.source["artifact"], manifest.source["sha256"], "source model")
-    checked: set[tuple[str, str]] = set()  # profiles may share a file (identical artifacts are stored once)
+        for f in manifest.source.get("files", []):
+            verify_artifact(bundle_dir, f["path"], f["sha256"], "source model")
+            checked.add((f["path"], f["sha256"]))
     for e in manifest.profiles:
         if wanted is not None and e.name not in wanted:
             continue

@@ -122,13 +122,7 @@ def check_profile(d, where: str) -> None:
     check_sha256(d.get("sha256"), f"{at}: sha256")
     check_mapping(d.get("options"), f"{at}: options", optional=True)
     check_mapping(d.get("measurements"), f"{at}: measurements", optional=True)
-    files = d.get("files", [])
-    if not isinstance(files, list):
-        raise BundleError(f"{at}: files: expected a list of {{path, sha256}}, got {_short(files)}")
-    for f in files:
-        check_mapping(f, f"{at}: files entry")
-        check_relpath(f.get("path"), f"{at}: file")
-        check_sha256(f.get("sha256"), f"{at}: file {f.get('path')!r} sha256")
+    check_files(d.get("files", []), at)
     cal = check_mapping(d.get("calibration"), f"{at}: calibration", optional=True)
     if cal and cal.get("cache") is not None:
         check_relpath(cal["cache"], f"{at}: calibration cache")
@@ -184,6 +178,16 @@ def check_model(d, where: str) -> None:
         raise BundleError(f"{where}: model labels: expected a list of strings or null, got {_short(labels)}")
 
 
+def check_files(files, at: str) -> None:
+    """A ``files`` list (further files a graph needs: an IR's .bin, shared weights): [{path, sha256}]."""
+    if not isinstance(files, list):
+        raise BundleError(f"{at}: files: expected a list of {{path, sha256}}, got {_short(files)}")
+    for f in files:
+        check_mapping(f, f"{at}: files entry")
+        check_relpath(f.get("path"), f"{at}: file")
+        check_sha256(f.get("sha256"), f"{at}: file {f.get('path')!r} sha256")
+
+
 def check_manifest(d, where: str, supported_versions: tuple[int, ...], policies: tuple[str, ...]) -> None:
     """Every field's type and range, before the manifest is parsed."""
     check_mapping(d, where)
@@ -205,6 +209,7 @@ def check_manifest(d, where: str, supported_versions: tuple[int, ...], policies:
         raise BundleError(f"{where}: source must be {{artifact, sha256}}, got {_short(source)}")
     check_relpath(source["artifact"], f"{where}: source artifact")
     check_sha256(source["sha256"], f"{where}: source sha256")
+    check_files(source.get("files", []), f"{where}: source")
     build = check_mapping(d.get("build"), f"{where}: build", optional=True) or {}
     tc = check_mapping(build.get("timing_cache"), f"{where}: build timing_cache", optional=True)
     if tc is not None:

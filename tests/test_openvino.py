@@ -65,9 +65,11 @@ def test_fp32_bundle_matches_the_source_at_exact_sizes(bundles):
     assert m.build["openvino"] == ovb.installed_version()
     for e, shape in zip(m.profiles, ("1,3,32..48,32..48", "1,3,64,64")):
         assert (e.backend, e.precision, e.artifact) == ("openvino", "fp32", f"profiles/{e.name}.xml")
-        assert e.files == [{"path": f"profiles/{e.name}.bin", "sha256": sha256_file(path / f"profiles/{e.name}.bin")}]
+        # both IRs' constants are stored once, in the shared weights file
+        assert e.files == [{"path": "profiles/weights.bin", "sha256": sha256_file(path / "profiles/weights.bin")}]
         assert e.options["check"]["max_abs"] < 1e-4 and e.options["inference_precision"] == "f32"
         assert f'shape="{shape}"' in (path / e.artifact).read_text()  # bounded for ranged, static for exact
+    assert sorted(p.name for p in (path / "profiles").iterdir()) == ["m.xml", "s.xml", "weights.bin"]
     src = cpu_session(model)
     rng = np.random.default_rng(0)
     with rt.load(path, threads=1) as r:
@@ -79,7 +81,7 @@ def test_fp32_bundle_matches_the_source_at_exact_sizes(bundles):
             got = next(iter(out.values()))
             assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
         compiled = r._engines["s"].compiled  # compiled as the manifest and load(threads=1) say
-        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == compiled.get_property("NUM_STREAMS")  # 1 per call
         assert str(compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
 
@@ -147,13 +149,14 @@ def test_streams_follow_the_threads_per_call(monkeypatch):
 def test_a_tampered_ir_file_is_refused_naming_it(bundles, tmp_path):
     import shutil
 
-    for name in ("m.bin", "m.xml"):
+    for name, profile in (("weights.bin", "s"), ("m.xml", "m")):  # the shared weights: its first user named
         b = tmp_path / name
         shutil.copytree(bundles[1], b)
         data = bytearray((b / "profiles" / name).read_bytes())
         data[len(data) // 2] ^= 0xFF
         (b / "profiles" / name).write_bytes(bytes(data))
-        with pytest.raises(BundleError, match=rf"profile 'm': artifact .*profiles/{name} has changed: expected sha256"):
+        with pytest.raises(BundleError,
+                           match=rf"profile '{profile}': artifact .*profiles/{name} has changed: expected sha256"):
             rt.load(b)
 
 
@@ -196,4 +199,4 @@ def test_runtime_import_stays_free_of_openvino(bundles):
     )
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
-    assert Path(bundles[1], "profiles/s.bin").is_file()
+    assert Path(bundles[1], "profiles/weights.bin").is_file()

@@ -17,6 +17,7 @@ repository is renamed into place.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -132,6 +133,12 @@ def _profile_model(tmp: Path, bundle: Path, name: str, entry: ProfileEntry, max_
     (tmp / name / "1").mkdir(parents=True)
     (tmp / name / "config.pbtxt").write_text(C.to_pbtxt(cfg))
     shutil.copyfile(art, tmp / name / "1" / filename)
+    for f in entry.files:  # shared weights (ONNX external data): found relative to the graph, as in the bundle
+        rel = Path(os.path.relpath(f["path"], Path(entry.artifact).parent))
+        if rel.parts[0] == "..":
+            raise InputError(f"profile {entry.name!r}: file {f['path']} is not beside its graph {entry.artifact}")
+        (tmp / name / "1" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle / f["path"], tmp / name / "1" / rel)
     return {t.name: t.dtype for t in tin}
 
 
@@ -207,9 +214,10 @@ def write_repository(
         shutil.copyfile(Path(__file__).with_name("front.py"), version / "model.py")
         shutil.copyfile(bundle / MANIFEST_NAME, version / "bundle" / MANIFEST_NAME)
         if embedded:
-            for e in manifest.profiles:
-                (version / "bundle" / e.artifact).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(bundle / e.artifact, version / "bundle" / e.artifact)
+            for e in manifest.profiles:  # each engine's files: its graph, an IR's .bin, shared weights
+                for rel in [e.artifact, *(f["path"] for f in e.files)]:
+                    (version / "bundle" / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(bundle / rel, version / "bundle" / rel)
         spec = {
             "mode": "embedded" if embedded else "bls",
             "inputs": [t.name for t in tin],

@@ -45,6 +45,12 @@ class Engine:
         self.entry = entry
         self.build = dict(build or {})
 
+    def file(self, rel: str) -> Path:
+        """One of the profile's further ``files`` (bundle-relative, as the manifest names it): found from the
+        artifact's path, which is the bundle directory joined with ``entry.artifact``."""
+        depth = len(Path(self.entry.artifact).parts)
+        return self.path.parents[depth - 1] / rel
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 

@@ -129,8 +129,11 @@ class OvEngine(Engine):
             )
         if threads is None:
             threads = entry.options.get("threads")
+        bins = [f["path"] for f in entry.files if f["path"].endswith(".bin")]
         try:
-            self.compiled = compile_ir(Path(path), entry.precision, threads)
+            # the IR's constants: its own .bin, or the bundle's shared weights file (exporter/weights.py)
+            model = core().read_model(str(path), str(self.file(bins[0]))) if bins else Path(path)
+            self.compiled = compile_ir(model, entry.precision, threads)
         except RuntimeError as e:  # OpenVINO raises RuntimeError for unreadable or inconsistent IR
             raise BundleError(f"profile {entry.name!r}: OpenVINO cannot load {path}: {str(e).strip()[:400]}") from None
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
