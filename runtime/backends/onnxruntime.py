@@ -12,6 +12,14 @@ Providers: CPU by default. ``providers=["cuda"]`` or ``["tensorrt", "cuda"]`` (o
 ask for those; a provider that is not installed is a BackendUnavailable error naming what is. The
 TensorRT provider gets ``trt_profile_min_shapes/opt/max`` from the profile (``trt_profile_shapes``),
 ``trt_fp16_enable`` for fp16 profiles, and any ``options["provider_options"][name]`` the builder recorded.
+
+Every session gets ``session.force_spinning_stop=1`` (``SESSION_DEFAULTS``; a profile's recorded
+``session_config`` overrides it): its pool threads spin during a call, for fast parallel sections, and
+stop when the call returns. ONNX Runtime's default keeps them spinning after the call. A Runner holds one
+session per profile and a mixed stream alternates between them; the threads of the session just left
+then spin on the cores the next session's call needs: on EfficientNet-Lite1 with 2 threads and three
+profiles, a Runner serving a mixed stream ran 1.8x-2.2x slower per call with the default than with the
+stop (benchmarks/bench_mixed.py, docs/BENCHMARKS.md section 10).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ PROVIDER_ALIASES = {
     "coreml": "CoreMLExecutionProvider",
     "dml": "DmlExecutionProvider",
 }
+
+SESSION_DEFAULTS = {"session.force_spinning_stop": "1"}  # config entries every serving session gets
 
 _OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -114,7 +124,7 @@ def session_options(entry: ProfileEntry, threads: int | None = None):
         so.enable_mem_pattern = bool(o["enable_mem_pattern"])
     if o.get("enable_cpu_mem_arena") is not None:
         so.enable_cpu_mem_arena = bool(o["enable_cpu_mem_arena"])
-    for key, value in (o.get("session_config") or {}).items():
+    for key, value in {**SESSION_DEFAULTS, **(o.get("session_config") or {})}.items():
         so.add_session_config_entry(str(key), str(value))
     so.log_severity_level = 3  # errors only: ORT's warnings go to stderr otherwise
     return so
