@@ -120,6 +120,32 @@ def one_client(runner, batcher, inputs: list[np.ndarray], runs: int) -> dict[str
     return out
 
 
+def batch_cost(runner, inputs: list[np.ndarray], max_batch: int, runs: int) -> tuple[list[dict], float]:
+    """Per served shape, the engine's ms per image at batch 1 and at ``max_batch`` (calls interleaved,
+    median of ``runs``); and the most a perfectly batched stream of ``inputs`` can gain: the sum over the
+    inputs of batch-1 cost over the sum of stacked cost."""
+    rows, seen = [], {}
+    for x in inputs:
+        d = runner.run_with_info(x)[1].decision
+        key = (d.profile.name, tuple(next(iter(d.served_shapes.values()))[1:]))
+        if key not in seen:
+            one = runner._fit(runner._check_inputs(x), d)
+            many = {n: np.concatenate([a] * max_batch) for n, a in one.items()}
+            times: dict[int, list[float]] = {1: [], max_batch: []}
+            for _ in range(runs):
+                for b, feeds in ((1, one), (max_batch, many)):
+                    t0 = time.perf_counter()
+                    runner._run_fitted(d.profile.name, feeds)
+                    times[b].append((time.perf_counter() - t0) * 1e3 / b)
+            seen[key] = {"profile": key[0], "shape": "x".join(map(str, key[1][-2:])),
+                         "ms_b1": float(np.median(times[1])), "ms_bmax": float(np.median(times[max_batch]))}
+            rows.append(seen[key])
+        seen.setdefault(("inputs",), []).append(key)
+    keys = seen[("inputs",)]
+    ceiling = sum(seen[k]["ms_b1"] for k in keys) / sum(seen[k]["ms_bmax"] for k in keys)
+    return rows, ceiling
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=list(MODELS), default="lite1")
@@ -160,6 +186,13 @@ def main() -> None:
         assert err <= 1e-5, (x.shape, err)
         print(f"  size {x.shape[2]}x{x.shape[3]}: {d}; Batcher vs Runner max abs err {err:.1e}")
 
+    costs, ceiling = batch_cost(runner, inputs, args.max_batch, args.solo_runs)
+    print(f"\nengine cost per image, batch 1 and batch {args.max_batch} (median of {args.solo_runs}, interleaved):")
+    for c in costs:
+        print(f"  {c['profile']:>6} {c['shape']:>9}  batch 1 {c['ms_b1']:6.2f} ms  batch {args.max_batch} "
+              f"{c['ms_bmax']:6.2f} ms  ({c['ms_b1'] / c['ms_bmax']:.2f}x)")
+    print(f"  the most batching can gain on this mix of sizes (one engine call at a time): {ceiling:.2f}x")
+
     solo = one_client(runner, batcher, inputs, args.solo_runs)
     print(f"\none client, calls interleaved, p50 of {args.solo_runs} each (ms):")
     for size, r in solo.items():
@@ -197,8 +230,8 @@ def main() -> None:
           f"{by[(last, 'batcher')]['throughput'] / by[(last, 'runner')]['throughput']:.2f}x")
     print(f"median of {args.rounds} rounds of {args.seconds:g} s per cell")
     if args.json:
-        args.json.write_text(json.dumps({"bundle": str(bundle), "sizes": sizes, "one_client": solo, "rows": rows},
-                                         indent=2))
+        args.json.write_text(json.dumps({"bundle": str(bundle), "sizes": sizes, "one_client": solo, "rows": rows,
+                                         "batch_cost": costs, "batch_ceiling": ceiling}, indent=2))
 
 
 if __name__ == "__main__":
