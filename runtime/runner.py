@@ -133,11 +133,19 @@ class Runner:
         for e in self.entries:  # a runtime of another version refuses now, not at the first call
             get_backend(e.backend).check_loadable(e, manifest.build)
 
+        # profile -> the profile whose engine serves it: itself, or an earlier profile whose engine would be
+        # the same (Backend.engine_key: e.g. two ranged profiles specialized to one stored artifact)
+        self._engine_of: dict[str, str] = {}
+        keys: dict = {}
+        for e in self.entries:
+            backend = get_backend(e.backend)
+            key = backend.engine_key(e, backend.engine_options({"providers": providers, "threads": threads}))
+            self._engine_of[e.name] = e.name if key is None else keys.setdefault((e.backend, key), e.name)
         self._cond = threading.Condition()
-        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._engines: OrderedDict[str, Engine] = OrderedDict()  # keyed by the serving profile's name
         self._loading: set[str] = set()
         self._in_use: Counter[str] = Counter()
-        self.load_counts: Counter[str] = Counter()
+        self.load_counts: Counter[str] = Counter()  # engine loads, under the serving profile's name
         self._local = threading.local()
         self._closed = False
         self._decisions: dict = {}  # (shapes, policy) -> Decision; dict ops are atomic under the GIL
@@ -155,9 +163,10 @@ class Runner:
 
     @property
     def loaded(self) -> list[str]:
-        """Names of the loaded engines, least recently used first."""
+        """Names of the profiles whose engine is loaded, least recently used first (profiles that share
+        one engine are listed together)."""
         with self._cond:
-            return list(self._engines)
+            return [n for k in self._engines for n, e in self._engine_of.items() if e == k]
 
     @property
     def last_decision(self) -> Decision | None:
@@ -267,7 +276,7 @@ class Runner:
         if shape in self._hot or len(self._hot) >= _DECISION_CACHE_SIZE:
             return
         with self._cond:
-            engine = self._engines.get(decision.profile.name)
+            engine = self._engines.get(self._engine_of[decision.profile.name])
         if engine is not None and engine.input_dtypes.get(self._single, np.dtype(np.float32)) == np.float32:
             # fp32/int8 engines compute in float32 from a finite input: their outputs are checked on the
             # other path only; fp16/bf16 ones can overflow, so theirs are checked here too
@@ -351,6 +360,7 @@ class Runner:
 
     def _acquire(self, name: str) -> tuple[Engine, float]:
         """The engine for a profile, marked in use; loads it (evicting LRU idle engines) if needed."""
+        name = self._engine_of[name]
         with self._cond:
             while True:
                 if self._closed:
@@ -390,6 +400,7 @@ class Runner:
         return engine, load_ms
 
     def _release(self, name: str) -> None:
+        name = self._engine_of[name]
         with self._cond:
             self._in_use[name] -= 1
             if self._loading or self.max_loaded is not None:  # only loads and evictions wait on this

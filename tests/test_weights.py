@@ -98,3 +98,25 @@ def test_one_graph_alone_is_left_as_it_is(exported, tmp_path):
     notes: list[str] = []
     assert share_weights(tmp_path, source, [], notes) == (source, []) and notes == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_profiles_of_one_stored_artifact_share_one_engine(pair):
+    from dataclasses import replace
+
+    from mrdeploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    m = Manifest.read(pair[0].path)
+    small, s64, large = m.profiles
+    assert small.artifact == large.artifact != s64.artifact
+    with rt.load(pair[0].path, threads=1) as r:
+        r(np.ones((1, 3, 32, 32), np.float32))  # served by small: large's engine is the same one
+        assert r.loaded == ["small", "large"]
+        r(np.ones((1, 3, 96, 96), np.float32))
+        r(np.ones((1, 3, 64, 64), np.float32))
+        assert r.loaded == ["small", "large", "s64"] and r.load_counts == {"small": 1, "s64": 1}
+    key = OnnxRuntimeBackend.engine_key
+    assert key(small, {}) == key(large, {}) != key(s64, {})
+    session = {**large.options.get("session", {}), "intra_op_num_threads": 3}
+    other = replace(large, options={**large.options, "session": session})  # another session
+    assert key(other, {}) != key(small, {})
+    assert key(small, {"providers": ["tensorrt", "cuda"]}) is None  # built for the profile's own shapes

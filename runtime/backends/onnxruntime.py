@@ -46,6 +46,9 @@ PROVIDER_ALIASES = {
     "dml": "DmlExecutionProvider",
 }
 
+# the profile options a session is made from (session_options, provider_list); the rest are build records
+SESSION_KEYS = ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level", "execution_mode",
+                "enable_mem_pattern", "enable_cpu_mem_arena", "session_config", "provider_options")
 SESSION_DEFAULTS = {"session.force_spinning_stop": "1"}  # config entries every serving session gets
 
 _OPT_LEVELS = {
@@ -214,6 +217,16 @@ class OnnxRuntimeBackend(Backend):
         import importlib.util
 
         return importlib.util.find_spec("onnxruntime") is not None
+
+    @classmethod
+    def engine_key(cls, entry: ProfileEntry, options: Mapping):
+        """Profiles whose session would be the same (same file, precision and session options) share one;
+        not under the TensorRT provider, which builds for the profile's own shapes."""
+        if "TensorrtExecutionProvider" in provider_names(options.get("providers")):
+            return None
+        session = {k: v for k, v in _options(entry).items() if k in SESSION_KEYS}
+        return (entry.artifact, entry.sha256, tuple(f["path"] for f in entry.files), entry.precision,
+                repr(sorted(session.items())))
 
     def build_profile(self, stage: ProfileBuild) -> BuiltProfile:
         import onnx

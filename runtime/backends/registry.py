@@ -130,6 +130,13 @@ class Backend:
         nothing is imported or compiled."""
 
     @classmethod
+    def engine_key(cls, entry, options: Mapping):
+        """What makes an engine of ``entry`` (loaded with the load() ``options``) interchangeable with another
+        profile's: profiles with equal keys share one loaded engine (ranged fp32 profiles often specialize to
+        one artifact, stored once). None (the default): the engine is the profile's own."""
+        return None
+
+    @classmethod
     def engine_class(cls):
         return _resolve(cls.engine, f"backend {cls.name!r} engine")
 
