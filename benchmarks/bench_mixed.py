@@ -105,14 +105,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from examples.real import models as real
-    from mrdeploy.exporter.api import export
     from mrdeploy.exporter.build import build_bundle
 
     work = Path(tempfile.mkdtemp(prefix="bench_mixed."))
     source = work / "lite1.onnx"
-    export("examples/real/models.py:efficientnet_lite1", (1, 3, 224, 224), source, max_size=(320, 320),
-           mean=real.LITE_MEAN, std=real.LITE_STD, name="lite1", validate=False, task="classification",
-           min_size=(32, 32))
+    real.export_lite1(source)
     bundle = work / "lite1.bundle"
     build_bundle(source, bundle, PROFILES, threads=args.threads, quiet=True)
     print(f"EfficientNet-Lite1 fp32, onnxruntime bundle {' '.join(PROFILES)}, {args.threads} threads; sizes "

@@ -59,14 +59,11 @@ def main() -> None:
     import mrdeploy.runtime as rt
     from examples.real import models as real
     from examples.real import photos
-    from mrdeploy.exporter.api import export
     from mrdeploy.exporter.build import build_bundle
 
     work = Path(tempfile.mkdtemp(prefix="bench_weights."))
     onnx = work / "lite1.onnx"
-    export("examples/real/models.py:efficientnet_lite1", (1, 3, 224, 224), onnx, max_size=(320, 320),
-           mean=real.LITE_MEAN, std=real.LITE_STD, name="lite1", validate=False, task="classification",
-           min_size=(32, 32))
+    real.export_lite1(onnx)
     calib = photos.write_folder(work / "calib", "calib", 30)
     xs = [photos.batch("eval", 1, size, real.LITE_MEAN, real.LITE_STD, seed=k) for k, size in enumerate(SIZES)]
     print(f"EfficientNet-Lite1, profiles {' '.join(PROFILES)}; source model {onnx.stat().st_size / 1e6:.1f} MB")

@@ -53,6 +53,15 @@ def efficientnet_lite2():
     return _lite(2)
 
 
+def export_lite1(path: str | Path, max_size: int = 320) -> Path:
+    """EfficientNet-Lite1 exported to ONNX at ``path`` with dynamic H/W (the benchmarks' source model)."""
+    from mrdeploy.exporter.api import export
+
+    export("examples/real/models.py:efficientnet_lite1", (1, 3, 224, 224), path, max_size=(max_size, max_size),
+           mean=LITE_MEAN, std=LITE_STD, name="lite1", validate=False, task="classification", min_size=(32, 32))
+    return Path(path)
+
+
 def ppocr_det() -> Path:
     """PP-OCRv4 text detector (DB head, opset 12) from the rapidocr-onnxruntime wheel."""
     return asset("ch_PP-OCRv4_det_infer.onnx")
