@@ -160,7 +160,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="Intra-op threads per engine.")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--workers", type=int, help="Engine calls at once (default: the Batcher's, the CPU count).")
-    ap.add_argument("--max-delay-ms", type=float, default=2.0)
+    ap.add_argument("--max-delay-ms", type=float, default=0.0,
+                    help="The Batcher's max_delay_ms (default 0, the Batcher's; runs recorded before 2026-12-02 "
+                         "08:45 UTC used 2.0).")
     ap.add_argument("--solo-runs", type=int, default=40, help="Interleaved one-client calls per size and mode.")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

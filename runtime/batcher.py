@@ -2,7 +2,7 @@
 
     import mrdeploy.runtime as rt
     runner = rt.load("bundle/")                          # a bundle built with --batch 1-8
-    with rt.Batcher(runner, max_batch=8, max_delay_ms=2.0) as batcher:
+    with rt.Batcher(runner, max_batch=8) as batcher:
         future = batcher.submit(x)                       # from any thread; x as for runner.run
         y = future.result()                              # or y = batcher(x), blocking
 
@@ -16,8 +16,12 @@ least 2); when all are busy, queued requests keep joining their batches, and the
 takes the group whose oldest request has waited longest.
 
 When a request finds the Batcher idle (no batch running), it runs at once: one client alone sees no
-added delay. While batches run, requests queue per group for at most ``max_delay_ms`` (or until their
-batch is full) and then run together, beside the running ones: under load, callers get batches.
+added delay. While every worker is busy, requests queue per group and join their batches; a free worker
+takes the next group at once unless ``max_delay_ms`` asks it to wait (at most that long, or until the
+batch is full) for more requests to join. The default, 0, never leaves a worker idle while requests
+wait (as Triton's ``max_queue_delay_microseconds``, 0 by default): on EfficientNet-Lite1 with mixed sizes
+(benchmarks/bench_batcher.py, docs/BENCHMARKS.md section 5) it gave 0.92-0.93x the plain Runner at 4
+clients against 0.84x with 2 ms (fp32; int8 0.79-0.82x against 0.63-0.64x) and the same at 16 clients.
 
 Errors go to the caller whose input caused them: a bad input fails its own future at ``submit``;
 when a stacked engine call fails, its requests are run one by one so that only the faulty one fails.
@@ -71,7 +75,7 @@ class Batcher:
         self,
         runner: Runner,
         max_batch: int = 8,
-        max_delay_ms: float = 2.0,
+        max_delay_ms: float = 0.0,
         workers: int | None = None,
         policy: str | None = None,
     ):
