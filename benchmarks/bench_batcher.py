@@ -169,9 +169,9 @@ def main() -> None:
 
     import mrdeploy.runtime as rt
 
-    work = Path(tempfile.mkdtemp(prefix="bench_batcher."))
     t0 = time.perf_counter()
-    bundle = args.bundle or build(args.model, work, args.threads, args.backend, args.precision)
+    bundle = args.bundle or build(args.model, Path(tempfile.mkdtemp(prefix="bench_batcher.")), args.threads,
+                                  args.backend, args.precision)
     sizes = parse_sizes(args.sizes or MODELS[args.model][2])
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((1, 3, h, w)).astype(np.float32) for h, w in sizes]
