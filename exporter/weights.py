@@ -53,6 +53,9 @@ def share_weights(tmp: Path, source: dict, entries: list[ProfileEntry], notes: l
     shared = {d for d, n in holders.items() if n >= 2}
     if not shared and not irs:
         return source, entries
+    if (tmp / WEIGHTS).exists() and WEIGHTS not in {b for _, b in irs}:  # another backend's file of that name
+        notes.append(f"weights: not shared: {WEIGHTS} is already a file of this bundle")
+        return source, entries
 
     before = sum((tmp / b).stat().st_size for _, b in irs) + sum(len(t.raw_data) for g in tensors.values()
                                                                   for t, d in g if d in shared)
@@ -71,14 +74,15 @@ def share_weights(tmp: Path, source: dict, entries: list[ProfileEntry], notes: l
         for held in ir_consts.values():
             for node, digest, blob in held:
                 node.set("offset", str(store.put(digest, blob)))
-    for g, model in onnx_models.items():
-        onnx.save(model, str(tmp / g))
+    readers = [g for g, held in tensors.items() if any(d in shared for _, d in held)]
+    for g in readers:  # the others are left as they are, byte for byte (their sha256 stands)
+        onnx.save(onnx_models[g], str(tmp / g))
     for xml, tree in ir_trees.items():
         tree.write(tmp / xml, encoding="utf-8", xml_declaration=True)
     for _, binary in irs:
-        (tmp / binary).unlink()
+        if binary != WEIGHTS:  # an OpenVINO profile named "weights": its own .bin was read, then rewritten
+            (tmp / binary).unlink()
     weights = {"path": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)}
-    readers = [g for g, held in tensors.items() if any(d in shared for _, d in held)]
     notes.append(f"weights: {len(store.offsets)} tensors stored once in {WEIGHTS}, read by {len(readers)} ONNX "
                  f"graphs and {len(irs)} OpenVINO IRs ({(before - store.size) / 1e6:.1f} MB saved)")
     if source["artifact"] in readers:

@@ -5,6 +5,7 @@ repository carries it."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -120,3 +121,45 @@ def test_profiles_of_one_stored_artifact_share_one_engine(pair):
     other = replace(large, options={**large.options, "session": session})  # another session
     assert key(other, {}) != key(small, {})
     assert key(small, {"providers": ["tensorrt", "cuda"]}) is None  # built for the profile's own shapes
+
+
+def test_a_graph_that_shares_nothing_is_left_byte_for_byte(exported, tmp_path):
+    from tests.bundles import make_model
+
+    (tmp_path / "profiles").mkdir()
+    for rel in ("model.onnx", "profiles/a.onnx"):  # the same weights twice: shared
+        shutil.copyfile(exported("cnn"), tmp_path / rel)
+    b = onnx.load(str(make_model(tmp_path / "profiles" / "b.onnx", "cls", seed=3)))  # nothing to share
+    big = max(b.graph.initializer, key=lambda t: len(t.raw_data))
+    big.CopyFrom(onnx.helper.make_tensor(big.name, big.data_type, big.dims,  # typed field, not raw bytes
+                                         onnx.numpy_helper.to_array(big).ravel().tolist()))
+    onnx.save(b, str(tmp_path / "profiles" / "b.onnx"))
+    before = sha256_file(tmp_path / "profiles" / "b.onnx")
+    entries = [replace(e, artifact=f"profiles/{n}.onnx", sha256=sha256_file(tmp_path / f"profiles/{n}.onnx"))
+               for n, e in (("a", _entry("a")), ("b", _entry("b")))]
+    source = {"artifact": "model.onnx", "sha256": sha256_file(tmp_path / "model.onnx")}
+    source, entries = share_weights(tmp_path, source, entries, [])
+    assert source["files"][0]["path"] == WEIGHTS and entries[0].files[0]["path"] == WEIGHTS
+    assert entries[1].files == [] and entries[1].sha256 == before == sha256_file(tmp_path / "profiles" / "b.onnx")
+
+
+def test_an_openvino_profile_named_weights_keeps_its_constants(exported, tmp_path):
+    pytest.importorskip("openvino")
+    from mrdeploy._ort import cpu_session
+
+    path = build_bundle(exported("cnn"), tmp_path / "b", ["weights=64", "s=32-48@48"], backend="openvino",
+                        threads=1, quiet=True).path
+    assert sorted(p.name for p in (path / "profiles").iterdir()) == ["s.xml", "weights.bin", "weights.xml"]
+    src = cpu_session(path / "model.onnx", 1)
+    with rt.load(path, threads=1) as r:
+        for size in (64, 48):
+            x = np.random.default_rng(size).standard_normal((1, 3, size, size)).astype(np.float32)
+            np.testing.assert_allclose(r(x), src.run(None, {"input": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def _entry(name: str):
+    from mrdeploy.runtime.manifest import ProfileEntry
+    from mrdeploy.runtime.profiles import make_profile, parse_profile
+
+    return ProfileEntry(profile=make_profile(parse_profile(f"{name}=64"), {"input": 3}), backend="onnxruntime",
+                        precision="fp32", artifact="", sha256="")
