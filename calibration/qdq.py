@@ -4,7 +4,7 @@ The calibration target is a backend of the registry; its ``qdq_activations`` pic
 ``uint8`` asymmetric (``onnxruntime``, whose CPU kernels are fast for those, symmetric int8 activations
 running slower than FP32 there; ``openvino``) or ``int8`` symmetric (``tensorrt``: what TensorRT's
 explicit quantization takes). Weights are int8, symmetric, per channel, for every target; for a backend
-with ``qdq_reduce_range`` (ONNX Runtime) on a CPU without VNNI they use 7 of the 8 bits
+with ``qdq_reduce_range`` (ONNX Runtime, OpenVINO) on a CPU without VNNI they use 7 of the 8 bits
 (:func:`reduce_range`).
 """
 
@@ -67,7 +67,8 @@ def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
 
 
 def reduce_range(target: str) -> bool:
-    """7-bit weights for ONNX Runtime on a CPU without VNNI. There its u8s8 kernels multiply with
+    """7-bit weights for the targets that ask (``qdq_reduce_range``: ONNX Runtime, OpenVINO) on a CPU
+    without VNNI. There their u8s8 kernels multiply with
     VPMADDUBSW, which adds pairs of uint8 x int8 products into int16 and saturates (255 x 127 x 2 >
     32767); 7-bit weights cannot (ORT's quantization docs give the same advice). Measured on this
     project's AVX2 build machine, EfficientNet-Lite1 INT8 at 192, top-1 agreement with FP32 on 60 photo

@@ -75,7 +75,7 @@ class Backend:
     engine: str | type = ""  # "module:Class" of the Engine subclass (run side), or the class
     precisions: tuple[str, ...] = ("fp32",)  # what build-engine accepts for this backend
     qdq_activations: str | None = None  # int8: "uint8" (asymmetric) or "int8" (symmetric) Q/DQ activations
-    qdq_reduce_range: bool = False  # 7-bit int8 weights on a CPU without VNNI (ONNX Runtime's u8s8 kernels)
+    qdq_reduce_range: bool = False  # 7-bit int8 weights on a CPU without VNNI (the u8s8 kernels of ONNX Runtime and OpenVINO)
     auto_measured: bool = False  # precision auto: calibration times fp32 against int8 with this backend
     check_fp32_first: bool = True  # check the fp32 specialized model against the source before building
     load_options: tuple[str, ...] = ()  # load() keywords the engine takes: "providers", "threads"
