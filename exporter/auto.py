@@ -19,26 +19,21 @@
 
 from __future__ import annotations
 
-import math
 import shutil
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import numpy as np
 
 from mrdeploy._atomic import atomic_dir, check_output, run_tempdir
 from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError, MrdeployError
+from mrdeploy.exporter.source_rule import as_source, stands_in
+from mrdeploy.exporter.timing import CALLS, ROUNDS, score, time_engines
 from mrdeploy.exporter.weights import share_weights
 from mrdeploy.runtime.backends.registry import backend_names, get_backend
 from mrdeploy.runtime.manifest import Manifest, ProfileEntry, sha256_file
 
 AUTO = "auto"
-ROUNDS = 5  # timing rounds per profile (candidates rotate within a round)
-CALLS = 6  # timed calls per candidate, shape and round (after one untimed call)
 
 
 @dataclass
@@ -57,7 +52,7 @@ class Candidate:
 
     @property
     def score(self) -> float:
-        return math.exp(statistics.fmean(math.log(v) for v in self.ms.values()))
+        return score(self.ms)
 
 
 def candidate_kinds(precision: str) -> tuple[list[tuple[str, str]], list[str]]:
@@ -92,15 +87,6 @@ def _engine(c: Candidate, entry: ProfileEntry, threads: int | None):
     return backend.engine_class()(c.bundle / entry.artifact, entry, build=c.manifest.build, **options)
 
 
-def _shape_kinds(entry: ProfileEntry) -> list[str]:
-    inputs = entry.profile.inputs.values()
-    kinds = ["opt"]
-    for kind in ("min", "max"):
-        if any(getattr(r, kind) != r.opt for r in inputs):
-            kinds.append(kind)
-    return kinds
-
-
 def time_candidates(name: str, cands: list[Candidate], threads: int | None) -> None:
     """Fill each candidate's ``ms`` for profile ``name``: engines loaded together, called in turn."""
     entries = {id(c): _entry(c, name) for c in cands}
@@ -115,27 +101,9 @@ def time_candidates(name: str, cands: list[Candidate], threads: int | None) -> N
         if not loaded:
             raise ExportError(f"--backend auto: profile {name!r}: no candidate's engine loads: "
                               + "; ".join(f"{c.label}: {c.error}" for c in cands))
-        kinds = _shape_kinds(entries[id(loaded[0])])
-        rng = np.random.default_rng(0)
-        feeds = {k: {n: rng.standard_normal(getattr(r, k)).astype(np.float32)
-                     for n, r in entries[id(loaded[0])].profile.inputs.items()} for k in kinds}
-        for kind in kinds:
-            calls = {}
-            for c in loaded:
-                eng = engines[id(c)]
-                f = {n: a.astype(eng.input_dtypes.get(n, a.dtype), copy=False) for n, a in feeds[kind].items()}
-                calls[id(c)] = (lambda e=eng, f=f: e.run(f))
-            times: dict[int, list[float]] = {k: [] for k in calls}
-            order = list(calls)
-            for r in range(ROUNDS):
-                for k in order[r % len(order):] + order[: r % len(order)]:
-                    calls[k]()  # untimed: the previous candidate's caches are cold for this one
-                    for _ in range(CALLS):
-                        t = time.perf_counter()
-                        calls[k]()
-                        times[k].append(time.perf_counter() - t)
-            for c in loaded:
-                c.ms[kind] = statistics.median(times[id(c)]) * 1e3
+        ms = time_engines(engines, entries[id(loaded[0])].profile)
+        for c in loaded:
+            c.ms = ms[id(c)]
     finally:
         for eng in engines.values():
             eng.close()
@@ -143,10 +111,7 @@ def time_candidates(name: str, cands: list[Candidate], threads: int | None) -> N
 
 def _entry(c: Candidate, name: str) -> ProfileEntry:
     entry = c.manifest.entry(name)
-    if c.source:  # the dynamic source model, served by the same backend as the specialized fp32 one
-        entry = replace(entry, artifact=c.manifest.source["artifact"], sha256=c.manifest.source["sha256"],
-                        files=[], options={**entry.options, "source_model": True})
-    return entry
+    return as_source(entry, c.manifest.source) if c.source else entry  # served by the same backend
 
 
 def choose(cands: list[Candidate], min_speedup: float) -> tuple[Candidate, str]:
@@ -190,8 +155,10 @@ def _copy(src_bundle: Path, rel: str, out: Path, taken: dict[str, str], alt: str
 
 
 def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quiet: bool = False,
-               force: bool = False, threads: int | None = None, share_weights: bool = True, **options):
-    """Build every candidate, time them per profile, and write one bundle of the chosen engines."""
+               force: bool = False, threads: int | None = None, share_weights: bool = True,
+               time_source: bool | None = None, **options):
+    """Build every candidate, time them per profile, and write one bundle of the chosen engines.
+    ``time_source``: unused, the source model is one of the candidates wherever it stands in."""
     from mrdeploy.calibration.api import AUTO_MIN_SPEEDUP
     from mrdeploy.exporter.build import BuildResult, build_bundle, check_precision
 
@@ -209,13 +176,13 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
                 try:
                     c.bundle = build_bundle(model_path, Path(work) / f"{backend}-{prec}", profiles, backend=backend,
                                             precision=prec, threads=threads, quiet=True, share_weights=False,
-                                            **options).path
+                                            time_source=False, **options).path
                     c.manifest = Manifest.read(c.bundle)
                 except MrdeployError as e:
                     c.error = _first_line(e)
                 cands.append(c)
-                if c.manifest is not None and prec == "fp32":
-                    if any(e.artifact.endswith(".onnx") and not e.files for e in c.manifest.profiles):
+                if c.manifest is not None:
+                    if any(stands_in(e, c.manifest.source) for e in c.manifest.profiles):
                         cands.append(Candidate(backend, prec, source=True, manifest=c.manifest, bundle=c.bundle))
                 bar.update(1, note=f"{backend} {prec}")
         built = [c for c in cands if c.manifest is not None]
@@ -245,8 +212,7 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
 
 
 def _source_competes(c: Candidate, name: str) -> bool:
-    e = c.manifest.entry(name)
-    return e.artifact.endswith(".onnx") and not e.files and e.artifact != c.manifest.source["artifact"]
+    return stands_in(c.manifest.entry(name), c.manifest.source)
 
 
 def _write(output: Path, force: bool, first: Manifest, chosen: dict, built: list[Candidate], threads,

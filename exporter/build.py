@@ -25,7 +25,7 @@ from pathlib import Path
 from mrdeploy._atomic import atomic_dir, check_output
 from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError, MrdeployError
-from mrdeploy.exporter import weights
+from mrdeploy.exporter import source_rule, weights
 from mrdeploy.exporter.onnx_model import SourceModel, read_model
 from mrdeploy.exporter.resolve import resolve_profiles
 from mrdeploy.runtime.backends.registry import (
@@ -45,6 +45,7 @@ PRECISIONS = (*ENGINE_PRECISIONS, "auto")
 # int8 profiles: the fp32 model they are quantized from is checked with the fp32 tolerances; the Q/DQ
 # model itself against the source on held-out real data (the calibration's drop and --max-drop)
 TOLERANCES = {"fp32": (1e-4, 1e-3, 0.9999), "fp16": (1e-2, 2e-2, 0.999)}
+TIME_SOURCE = True  # build_bundle's default for time_source (the test suite turns it off: see tests/conftest.py)
 
 
 @dataclass
@@ -147,10 +148,13 @@ def build_bundle(
     quiet: bool = False,
     force: bool = False,
     share_weights: bool = True,
+    time_source: bool | None = None,
 ) -> BuildResult:
     """Build the bundle and return it with the per-profile report (see :func:`build_engine`).
     ``share_weights=False`` leaves each graph with its own weights (``--backend auto``'s candidates: their
-    files are picked from and shared once the bundle is assembled)."""
+    files are picked from and shared once the bundle is assembled). ``time_source`` (default
+    ``TIME_SOURCE``): time each profile that the source model could serve against it and keep the faster
+    (:mod:`.source_rule`); ``False`` keeps every specialized file, so the artifacts do not depend on timing."""
     if backend == "auto":  # every available backend and precision, the fastest kept per profile
         settings = {k: v for k, v in locals().items() if k not in ("model_path", "output", "profiles", "backend")}
         from mrdeploy.exporter.auto import build_auto
@@ -277,6 +281,11 @@ def build_bundle(
         build = _build_info(builder)
         builder.finish(tmp, build)  # shared files, e.g. TensorRT's timing cache
         source_ref = {"artifact": "model.onnx", "sha256": sha256_file(tmp / "model.onnx")}
+        if TIME_SOURCE if time_source is None else time_source:  # never slower than the source model
+            entries = source_rule.keep_faster(tmp, source_ref, entries, build, threads, result.notes, show)
+            served = {e.name: e.artifact for e in entries}
+            for row in result.profiles:
+                row.artifact = served[row.name]
         if share_weights:
             source_ref, entries = weights.share_weights(tmp, source_ref, entries, result.notes)
         manifest = Manifest(

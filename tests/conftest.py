@@ -12,6 +12,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so tests can import examples.* and tests.*
 
 
+@pytest.fixture(scope="session", autouse=True)
+def builds_without_source_timing():
+    """Builds in tests keep every specialized artifact (``build_bundle(time_source=False)`` by default):
+    artifacts that depend on a timing would make the tests that read them flaky. The tests of that rule
+    (tests/test_source_rule.py) turn it on."""
+    from mrdeploy.exporter import build
+
+    build.TIME_SOURCE = False
+    yield
+    build.TIME_SOURCE = True
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """``exported("vit" | "cnn" | "seg")`` -> Path of that example exported to ONNX (dynamic batch/H/W,

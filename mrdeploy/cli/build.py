@@ -40,12 +40,16 @@ from mrdeploy.cli.options import calibration_options, force_option, policy_optio
 @click.option("--threads", type=click.IntRange(min=0), help="Inference threads recorded in the bundle (ONNX Runtime intra-op threads, OpenVINO INFERENCE_NUM_THREADS; 0: the backend's default).")
 @calibration_options(data_required=False, data_help="Calibration images (int8/auto): a folder, a .npy/.npz "
                      "file or module:callable.")
+@click.option("--no-source-timing", "time_source", flag_value=False, default=None,
+              help="Keep every specialized artifact without timing it against the source model (by default a "
+              "profile the source model could serve keeps whichever of the two is faster): artifacts that do "
+              "not depend on timing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @force_option("Replace another mrdeploy output at -o (a calibration output); an existing bundle is always "
              "replaced, a directory mrdeploy did not write never.")
 def command(model, output, profiles, profiles_file, batch, backend, precision, policy, pad_mode, divisor, spatial_outputs,
             mean, std, min_size, max_size, workspace, timing_cache, hardware_compatible, threads, calib_data,
-            calib_method, calib_samples, heldout_data, max_drop, quiet, force):
+            calib_method, calib_samples, heldout_data, max_drop, time_source, quiet, force):
     """Build MODEL.onnx into a bundle: one engine per resolution profile (checked against the model)."""
     from mrdeploy.exporter.build import build_bundle
 
@@ -55,7 +59,7 @@ def command(model, output, profiles, profiles_file, batch, backend, precision, p
         mean=mean, std=std, min_size=min_size, max_size=max_size, threads=threads, workspace=workspace,
         timing_cache=timing_cache, hardware_compatible=hardware_compatible, calib_data=calib_data,
         calib_method=calib_method, calib_samples=calib_samples, heldout_data=heldout_data, max_drop=max_drop, quiet=quiet,
-        force=force,
+        force=force, time_source=time_source,
     )
     click.echo(result.table())
     for note in result.notes:
