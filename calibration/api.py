@@ -16,6 +16,7 @@ from pathlib import Path
 from mrdeploy._atomic import atomic_dir, atomic_file, check_output, run_tempdir, write_text_atomic
 from mrdeploy._progress import quiet_progress
 from mrdeploy.calibration import graph
+from mrdeploy.calibration.bias import correct_biases
 from mrdeploy.calibration.budget import Budget, fit_budget
 from mrdeploy.calibration.cache import write_cache
 from mrdeploy.calibration.evaluate import Scorer, latency, metric_for
@@ -73,6 +74,7 @@ class ProfileCalibration:
     measurements: dict | None = None
     skipped: list[str] = field(default_factory=list)
     percentile: float | None = None
+    bias_corrected: int = 0  # layers whose int32 bias calibration corrected (calibration/bias.py)
 
     def to_dict(self) -> dict:
         """The manifest's ``calibration`` field for this profile."""
@@ -84,6 +86,7 @@ class ProfileCalibration:
             "weight_type": "int8 symmetric per-channel" + (
                 "" if self.weight_bits == 8 else f", {self.weight_bits}-bit range (reduce_range: CPU without VNNI)"),
             "weight_bits": self.weight_bits,
+            "bias_corrected": self.bias_corrected,
             "samples": self.samples,
             "seed": self.seed,
             "sizes": self.sizes,
@@ -135,6 +138,7 @@ def calibrate_profile(
     source_fingerprint: str | None = None,
     reference_path: str | Path | None = None,
     weight_bits: int | None = None,
+    bias_correction: bool = True,
 ) -> ProfileCalibration:
     """Calibrate ``model_path`` for ``profile`` on ``data`` (any source ``load_data`` takes, or a
     CalibrationSet) and write the Q/DQ model to ``qdq_path`` (and the TensorRT-style cache with its
@@ -142,7 +146,9 @@ def calibrate_profile(
     opt shape and set ``.precision`` to the faster one that meets the budget ("fp32" leaves
     ``qdq_path`` written but unchosen). Held-out outputs are compared with ``reference_path`` (default:
     ``model_path``; the builder passes the source model, so a wrong specialization cannot hide).
-    ``weight_bits``: 8, or 7 (reduce_range); default :func:`qdq.reduce_range` of the target. Raises
+    ``weight_bits``: 8, or 7 (reduce_range); default :func:`qdq.reduce_range` of the target.
+    ``bias_correction``: put each layer's per-channel output mean back where FP32 has it
+    (:mod:`.bias`). Raises
     CalibrationError when the budget cannot be met."""
     if method not in METHODS:
         raise CalibrationError(f"calibration method {method!r}: expected one of {', '.join(METHODS)}")
@@ -183,6 +189,11 @@ def calibrate_profile(
         candidate = write_qdq(src, work / "int8.onnx", ranges_json, method, target, exclude=rule_float,
                               weight_bits=bits)
         full_int8 = graph.load(candidate)
+        corrected = 0
+        if bias_correction:
+            corrected = correct_biases(full_int8, model, calib_feeds, batch=batch, threads=threads,
+                                       desc=f"bias correction {profile.name}")
+            graph.save(full_int8, candidate)
 
         def build(exclude: Sequence[str], path: Path) -> Path:
             """The full INT8 model with the nodes ``exclude`` computing in float (see qdq.keep_float)."""
@@ -195,6 +206,7 @@ def calibrate_profile(
             source_fingerprint=source_fingerprint or sha256_file(model_path), data_fingerprint=cset.fingerprint,
             metric=metric, max_drop=max_drop, rule_float_nodes=rule_float, skipped=cset.skipped,
             percentile=percentile if method == "percentile" else None, weight_bits=bits, notes=list(cset.notes),
+            bias_corrected=corrected,
         )
         if max_drop is not None and not cset.heldout:
             raise CalibrationError(
@@ -341,6 +353,7 @@ def calibrate(
     batch: str | None = None,
     threads: int | None = None,
     force: bool = False,
+    bias_correction: bool = True,
 ) -> CalibrationResult:
     """Calibrate every profile; write ``<profile>.onnx`` (Q/DQ), ``<profile>.calib`` (+ ``.calib.json``)
     and ``report.json`` into ``output_dir``, all or nothing (replacing only an earlier calibration output,
@@ -366,7 +379,7 @@ def calibrate(
                     model_path, p, cset, qdq_path=tmp / f"{p.name}.onnx", cache_path=tmp / f"{p.name}.calib",
                     method=method, percentile=percentile, samples=samples, seed=seed, target=target,
                     max_drop=max_drop, size_mode=size_mode, precision=precision, metric=metric, threads=threads,
-                    source_fingerprint=source_fp,
+                    source_fingerprint=source_fp, bias_correction=bias_correction,
                 ))
             result = CalibrationResult(results, Path(output_dir), info.name, source_fp, cset.fingerprint)
             write_text_atomic(tmp / "report.json", json.dumps(result.report(), indent=1) + "\n")

@@ -32,7 +32,8 @@ __all__ = ["DEFAULT_METHOD", "DEFAULT_SAMPLES", "CalibOptions", "quantize_for_bu
 class CalibOptions:
     """What ``build-engine`` calibrates INT8 profiles with: ``data`` (a folder, .npy/.npz or
     module:callable), ``heldout`` (separate held-out data for the budget, else part of ``data``),
-    ``method``, ``samples`` per profile, ``max_drop`` (the budget), ``seed``, ``threads``."""
+    ``method``, ``samples`` per profile, ``max_drop`` (the budget), ``seed``, ``threads``,
+    ``bias_correction`` (calibration/bias.py)."""
 
     data: object = None
     heldout: object = None
@@ -41,6 +42,7 @@ class CalibOptions:
     max_drop: float | None = None
     seed: int = 0
     threads: int | None = None
+    bias_correction: bool = True
 
     def __post_init__(self):
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
@@ -117,6 +119,7 @@ def quantize_for_build(source_path: str | Path, model, profile: Profile, *, prec
             max_drop=options.max_drop,
             precision="auto" if precision == "auto" and measured else "int8",
             threads=options.threads, source_fingerprint=sha256_file(source_path), reference_path=source_path,
+            bias_correction=options.bias_correction,
         )
         measurements = result.measurements
         if precision == "auto" and not measured:

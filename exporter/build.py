@@ -145,6 +145,7 @@ def build_bundle(
     calib_samples: int | None = None,
     max_drop: float | None = None,
     heldout_data: str | os.PathLike | None = None,
+    bias_correction: bool = True,
     quiet: bool = False,
     force: bool = False,
     share_weights: bool = True,
@@ -176,6 +177,7 @@ def build_bundle(
         calib_options = CalibOptions(  # validates --max-drop before any work
             data=calib_data, heldout=heldout_data, method=calib_method or CalibOptions.method,
             samples=DEFAULT_SAMPLES if calib_samples is None else calib_samples, max_drop=max_drop, threads=threads,
+            bias_correction=bias_correction,
         )
     if pad_mode not in PAD_MODES:
         raise ExportError(f"pad_mode: expected one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
@@ -366,7 +368,7 @@ def build_engine(
     ``threads`` (ONNX Runtime intra-op threads recorded in the bundle), tensorrt's ``workspace`` (MiB),
     ``timing_cache`` (file read before and updated after the build) and ``hardware_compatible``, and the
     calibration options (``calib_data``, ``calib_method``, ``calib_samples``, ``max_drop``, ``heldout_data``:
-    separate held-out data for the budget), ``quiet``,
+    separate held-out data for the budget, ``bias_correction``), ``quiet``,
     ``force`` (replace an existing mrdeploy output of another kind at ``output``; never anything else):
     the keywords of :func:`build_bundle`, which also returns the per-profile report.
     """

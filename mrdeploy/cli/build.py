@@ -49,7 +49,7 @@ from mrdeploy.cli.options import calibration_options, force_option, policy_optio
              "replaced, a directory mrdeploy did not write never.")
 def command(model, output, profiles, profiles_file, batch, backend, precision, policy, pad_mode, divisor, spatial_outputs,
             mean, std, min_size, max_size, workspace, timing_cache, hardware_compatible, threads, calib_data,
-            calib_method, calib_samples, heldout_data, max_drop, time_source, quiet, force):
+            calib_method, calib_samples, heldout_data, max_drop, bias_correction, time_source, quiet, force):
     """Build MODEL.onnx into a bundle: one engine per resolution profile (checked against the model)."""
     from mrdeploy.exporter.build import build_bundle
 
@@ -58,7 +58,8 @@ def command(model, output, profiles, profiles_file, batch, backend, precision, p
         precision=precision, policy=policy, pad_mode=pad_mode, divisor=divisor, spatial_outputs=list(spatial_outputs) or None,
         mean=mean, std=std, min_size=min_size, max_size=max_size, threads=threads, workspace=workspace,
         timing_cache=timing_cache, hardware_compatible=hardware_compatible, calib_data=calib_data,
-        calib_method=calib_method, calib_samples=calib_samples, heldout_data=heldout_data, max_drop=max_drop, quiet=quiet,
+        calib_method=calib_method, calib_samples=calib_samples, heldout_data=heldout_data, max_drop=max_drop,
+        bias_correction=bias_correction, quiet=quiet,
         force=force, time_source=time_source,
     )
     click.echo(result.table())

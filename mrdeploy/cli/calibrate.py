@@ -36,7 +36,7 @@ from mrdeploy.cli.options import calibration_options, force_option
 @force_option("Replace another mrdeploy output at -o (a bundle); an earlier calibration output is always "
              "replaced, a directory mrdeploy did not write never.")
 def command(model, profiles, batch, calib_data, output, calib_method, percentile, calib_samples, heldout, heldout_data,
-            max_drop, metric, target, size_mode, precision, threads, seed, as_json, force) -> None:
+            max_drop, bias_correction, metric, target, size_mode, precision, threads, seed, as_json, force) -> None:
     """Calibrate MODEL.onnx for INT8 per resolution profile, at each profile's own sizes."""
     import json
 
@@ -50,7 +50,7 @@ def command(model, profiles, batch, calib_data, output, calib_method, percentile
         model, list(profiles), calib_data, output_dir=output, method=calib_method, percentile=percentile,
         samples=calib_samples,
         seed=seed, target=target, max_drop=max_drop, heldout=heldout, size_mode=size_mode, precision=precision,
-        metric=metric, batch=batch, threads=threads, force=force,
+        metric=metric, batch=batch, threads=threads, force=force, bias_correction=bias_correction,
     )
     if as_json:
         click.echo(json.dumps(result.report(), indent=1))

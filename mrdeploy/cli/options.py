@@ -123,7 +123,8 @@ def report_options(default_dir: str, stem: str) -> Callable:
 
 
 def calibration_options(data_required: bool, data_help: str) -> Callable:
-    """``--calib-data``, ``--calib-method``, ``--calib-samples``, ``--heldout-data``, ``--max-drop``: the
+    """``--calib-data``, ``--calib-method``, ``--calib-samples``, ``--heldout-data``, ``--max-drop``,
+    ``--no-bias-correction``: the
     INT8 calibration options of ``calibrate`` and ``build-engine`` (None: the calibrator's default)."""
     return _apply([
         click.option("--calib-data", "calib_data", required=data_required, type=click.Path(), help=data_help),
@@ -139,4 +140,7 @@ def calibration_options(data_required: bool, data_help: str) -> Callable:
         click.option("--max-drop", type=float, default=None,
                      help="Accuracy budget per profile, a fraction in [0, 1): 0.03 = 3 points of top-1 "
                           "agreement with FP32; blocks that break it stay float."),
+        click.option("--no-bias-correction", "bias_correction", is_flag=True, flag_value=False, default=True,
+                     help="Leave the INT8 biases as quantized (by default each layer's per-channel output "
+                          "mean is put back where FP32 has it, on the calibration data)."),
     ])
