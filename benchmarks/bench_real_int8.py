@@ -6,7 +6,9 @@ the FP32 model on photo crops that calibration never saw (examples/real/photos.p
 - ``plain ORT``: ``quant_pre_process`` + ``quantize_static`` as ORT's docs show it (QDQ, per-channel,
   uint8 activations, int8 weights, MinMax), calibrated on the same crops at one size (224);
 - ``one size``: mrdeploy's quantizer, calibrated once at 224 and used at every size (what peers do);
-- ``per profile``: mrdeploy's bundle, each profile calibrated at its own sizes, no budget;
+- ``no bias corr``: mrdeploy's bundle, each profile calibrated at its own sizes, no budget, built with
+  ``--no-bias-correction``;
+- ``per profile``: the same bundle with bias correction (the default: calibration/bias.py);
 - ``budget D``: the same with ``--max-drop D`` for each D of ``--max-drop`` (default 0.03 and 0.10), held
   out data ``--heldout`` crops (default 40) of the calibration halves; a budget the build refuses (no
   INT8 model meets it on the held-out crops) shows as ``refused``.
@@ -117,9 +119,12 @@ def main() -> None:
                                 qdq_path=work / f"{key}.one.onnx", samples=args.calib, heldout=0).qdq_path
         common = dict(precision="int8", calib_data=calib_dir, quiet=True)
         t1 = time.perf_counter()
+        mrdeploy.build_engine(src, work / f"{key}.raw", PROFILES, bias_correction=False, **common)
+        times = [f"per-profile build without bias correction {time.perf_counter() - t1:.0f} s"]
+        t1 = time.perf_counter()
         mrdeploy.build_engine(src, work / f"{key}.per", PROFILES, **common)
-        runners = {"per profile": mrdeploy.load(work / f"{key}.per")}
-        times = [f"per-profile build {time.perf_counter() - t1:.0f} s"]
+        runners = {"no bias corr": mrdeploy.load(work / f"{key}.raw"), "per profile": mrdeploy.load(work / f"{key}.per")}
+        times.append(f"per-profile build {time.perf_counter() - t1:.0f} s")
         refused = {}
         for d in [float(v) for v in args.max_drop.split(",")]:
             t2 = time.perf_counter()

@@ -188,12 +188,19 @@ def calibrate_profile(
 
         candidate = write_qdq(src, work / "int8.onnx", ranges_json, method, target, exclude=rule_float,
                               weight_bits=bits)
-        full_int8 = graph.load(candidate)
-        corrected = 0
+        full_int8 = graph.load(candidate)  # as quantized: what the budget's search floats blocks of
+        uncorrected = candidate
+
+        def corrected(q, path: Path) -> tuple[Path, int]:
+            """``q`` with its biases corrected (calibration/bias.py), saved at ``path``."""
+            n = correct_biases(q, model, calib_feeds, batch=batch, threads=threads,
+                               desc=f"bias correction {profile.name}")
+            graph.save(q, path)
+            return path, n
+
+        n_corrected = 0
         if bias_correction:
-            corrected = correct_biases(full_int8, model, calib_feeds, batch=batch, threads=threads,
-                                       desc=f"bias correction {profile.name}")
-            graph.save(full_int8, candidate)
+            candidate, n_corrected = corrected(graph.load(uncorrected), work / "int8_corrected.onnx")
 
         def build(exclude: Sequence[str], path: Path) -> Path:
             """The full INT8 model with the nodes ``exclude`` computing in float (see qdq.keep_float)."""
@@ -206,7 +213,7 @@ def calibrate_profile(
             source_fingerprint=source_fingerprint or sha256_file(model_path), data_fingerprint=cset.fingerprint,
             metric=metric, max_drop=max_drop, rule_float_nodes=rule_float, skipped=cset.skipped,
             percentile=percentile if method == "percentile" else None, weight_bits=bits, notes=list(cset.notes),
-            bias_corrected=corrected,
+            bias_corrected=n_corrected,
         )
         if max_drop is not None and not cset.heldout:
             raise CalibrationError(
@@ -230,10 +237,24 @@ def calibrate_profile(
                 types = set(graph.quantize_op_types())
                 groups = graph.node_groups(model, [n.name for n in model.graph.node
                                                    if n.op_type in types and n.name not in rule_float])
-                fit: Budget = fit_budget(groups, build, scorer.score, first.drop, max_drop, work,
+                # the search floats blocks of the model as quantized: a corrected bias is right only
+                # for the layers before it as they were when it was corrected, so the ranking of one
+                # block floated alone would measure the other layers' stale corrections. The blocks
+                # found, the model is corrected again for what stays INT8, and kept if no worse.
+                plain = first if uncorrected == candidate else scorer.score(uncorrected)
+                fit: Budget = fit_budget(groups, build, scorer.score, plain.drop, max_drop, work,
                                          desc=f"budget {profile.name}", name=profile.name, metric=metric)
-                candidate, result.float_nodes = fit.path, fit.float_nodes
-                _record(result, fit.score)
+                candidate, result.float_nodes, final, n_corrected = fit.path, fit.float_nodes, fit.score, 0
+                if bias_correction:
+                    path, n = corrected(graph.load(fit.path), work / "budget_corrected.onnx")
+                    again = scorer.score(path)
+                    if again.drop <= final.drop:
+                        candidate, final, n_corrected = path, again, n
+                    else:
+                        result.notes.append(f"bias correction left out: the held-out drop of the budget's model "
+                                            f"was {again.drop:.4f} with it, {final.drop:.4f} without")
+                result.bias_corrected = n_corrected
+                _record(result, final)
         floated = {n for g in result.float_nodes for n in g["nodes"]} | set(rule_float)
         result.quantized_nodes = len([n for n in quantizable if n not in floated])
         if precision == "auto":

@@ -118,7 +118,7 @@ def test_vit_softmax_stays_float(exported, digit_dir, tmp_path):
 def test_tight_budget_keeps_blocks_float(exported, digit_dir, tmp_path):
     model = exported("cnn")
     prof = _profile("48")
-    common = dict(samples=4, heldout=6, metric="cosine", method="minmax")
+    common = dict(samples=4, heldout=6, metric="cosine", method="minmax", bias_correction=False)
     base = calibrate_profile(model, prof, digit_dir, qdq_path=tmp_path / "a.onnx", **common)
     assert base.drop > 0 and base.float_nodes == []
     budget = base.drop * 0.6
@@ -134,6 +134,12 @@ def test_tight_budget_keeps_blocks_float(exported, digit_dir, tmp_path):
     for n in g.node:
         if n.name in floated:
             assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in n.input), n.name
+    # with bias correction (the default) the budget still holds; the search ran on the model as quantized
+    # and the model it found was corrected, unless that made it worse (a note says so)
+    common["bias_correction"] = True
+    fixed = calibrate_profile(model, prof, digit_dir, qdq_path=tmp_path / "c.onnx", max_drop=budget, **common)
+    assert fixed.drop <= budget
+    assert fixed.bias_corrected > 0 or any(n.startswith("bias correction left out") for n in fixed.notes)
 
 
 def test_impossible_budget_fails_and_writes_nothing(exported, digit_dir, tmp_path):
