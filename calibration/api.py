@@ -16,7 +16,7 @@ from pathlib import Path
 from mrdeploy._atomic import atomic_dir, atomic_file, check_output, run_tempdir, write_text_atomic
 from mrdeploy._progress import quiet_progress
 from mrdeploy.calibration import graph
-from mrdeploy.calibration.bias import correct_biases
+from mrdeploy.calibration.bias import MIN_SAMPLES, correct_biases
 from mrdeploy.calibration.budget import Budget, fit_budget
 from mrdeploy.calibration.cache import write_cache
 from mrdeploy.calibration.evaluate import Scorer, latency, metric_for
@@ -199,7 +199,9 @@ def calibrate_profile(
             return path, n
 
         n_corrected = 0
-        if bias_correction:
+        too_few = len(calib_feeds) < MIN_SAMPLES  # means over fewer samples are noise (calibration/bias.py)
+        correct = bias_correction and not too_few
+        if correct:
             candidate, n_corrected = corrected(graph.load(uncorrected), work / "int8_corrected.onnx")
 
         def build(exclude: Sequence[str], path: Path) -> Path:
@@ -215,6 +217,9 @@ def calibrate_profile(
             percentile=percentile if method == "percentile" else None, weight_bits=bits, notes=list(cset.notes),
             bias_corrected=n_corrected,
         )
+        if bias_correction and too_few:
+            result.notes.append(f"bias correction left out: it needs {MIN_SAMPLES} calibration samples, "
+                                f"got {len(calib_feeds)}")
         if max_drop is not None and not cset.heldout:
             raise CalibrationError(
                 f"--max-drop needs held-out samples that calibration did not see, but {cset.description} "
@@ -231,6 +236,11 @@ def calibrate_profile(
                     f"the drop is measured on {scorer.rows[0]} of {scorer.rows[1]} held-out (sample, size) pairs: "
                     "the others' FP32 class flips under one grey level of noise")
             first = scorer.score(candidate)
+            plain = first if uncorrected == candidate else scorer.score(uncorrected)
+            if (plain.drop, plain.cosine) < (first.drop, first.cosine):  # few or unlike calibration samples
+                result.notes.append(f"bias correction left out: the held-out drop was {first.drop:.4f} with it, "
+                                    f"{plain.drop:.4f} without")
+                candidate, first, result.bias_corrected = uncorrected, plain, 0
             result.drop_all_int8 = first.drop
             _record(result, first)
             if max_drop is not None and first.drop > max_drop:
@@ -241,11 +251,10 @@ def calibrate_profile(
                 # for the layers before it as they were when it was corrected, so the ranking of one
                 # block floated alone would measure the other layers' stale corrections. The blocks
                 # found, the model is corrected again for what stays INT8, and kept if no worse.
-                plain = first if uncorrected == candidate else scorer.score(uncorrected)
                 fit: Budget = fit_budget(groups, build, scorer.score, plain.drop, max_drop, work,
                                          desc=f"budget {profile.name}", name=profile.name, metric=metric)
                 candidate, result.float_nodes, final, n_corrected = fit.path, fit.float_nodes, fit.score, 0
-                if bias_correction:
+                if correct:
                     path, n = corrected(graph.load(fit.path), work / "budget_corrected.onnx")
                     again = scorer.score(path)
                     if again.drop <= final.drop:

@@ -64,15 +64,17 @@ def test_no_quantizer_between_a_conv_and_its_relu6(lite1, photo_dirs, tmp_path):
 
 
 def test_bias_correction_brings_int8_back_toward_fp32(lite1, photo_dirs, tmp_path):
+    from examples.real import photos
     from mrdeploy.calibration.api import calibrate_profile
     from mrdeploy.calibration.bias import _layers
     from mrdeploy.runtime.profiles import make_profile, parse_profile
 
-    calib, held = photo_dirs
+    held = photo_dirs[1]
+    calib = photos.write_folder(tmp_path / "calib16", "calib", 16)  # MIN_SAMPLES: fewer are left alone
     profile = make_profile(parse_profile("128"), {"input": 3}, divisor=32)
     runs = {}
     for on in (True, False):
-        runs[on] = calibrate_profile(lite1, profile, calib, qdq_path=tmp_path / f"q{on}.onnx", samples=12,
+        runs[on] = calibrate_profile(lite1, profile, calib, qdq_path=tmp_path / f"q{on}.onnx", samples=16,
                                      heldout=held, bias_correction=on)
     q_on, q_off = (onnx.load(str(tmp_path / f"q{on}.onnx")) for on in (True, False))
     layers = _layers(q_off, onnx.load(str(lite1)))
@@ -88,6 +90,10 @@ def test_bias_correction_brings_int8_back_toward_fp32(lite1, photo_dirs, tmp_pat
     assert changed >= 50
     # the logits' cosine distance to FP32 on held-out photos falls severalfold (measured 0.07 -> 0.01)
     assert runs[True].cosine_drop < 0.4 * runs[False].cosine_drop
+    # with fewer samples than MIN_SAMPLES the biases are left alone, and a note says so
+    few = calibrate_profile(lite1, profile, photo_dirs[0], qdq_path=tmp_path / "few.onnx", samples=12, heldout=0)
+    assert few.bias_corrected == 0
+    assert "bias correction left out: it needs 16 calibration samples, got 12" in few.notes
 
 
 def test_dead_channels_keep_only_their_bias(lite1, tmp_path):
