@@ -202,7 +202,9 @@ def calibrate_profile(
         too_few = len(calib_feeds) < MIN_SAMPLES  # means over fewer samples are noise (calibration/bias.py)
         correct = bias_correction and not too_few
         if correct:
-            candidate, n_corrected = corrected(graph.load(uncorrected), work / "int8_corrected.onnx")
+            copy = type(full_int8)()
+            copy.CopyFrom(full_int8)  # full_int8 stays as quantized
+            candidate, n_corrected = corrected(copy, work / "int8_corrected.onnx")
 
         def build(exclude: Sequence[str], path: Path) -> Path:
             """The full INT8 model with the nodes ``exclude`` computing in float (see qdq.keep_float)."""
