@@ -157,8 +157,10 @@ class Scorer:
         total = sum(len(r) for r in self.reference)
         return (total if self.stable is None else int(self.stable.sum())), total
 
-    def score(self, path: str | Path) -> Score:
-        got = run_batches(session(path, self.threads), self.feeds, self.output, self.batch)
+    def score(self, path) -> Score:
+        """Score a Q/DQ model (a path), or anything with ONNX Runtime's ``run(names, feeds)``."""
+        sess = path if hasattr(path, "run") else session(path, self.threads)
+        got = run_batches(sess, self.feeds, self.output, self.batch)
         ref = self.reference
         if self.stable is not None:
             ref, got_rows = [np.concatenate(ref)[self.stable]], [np.concatenate(got)[self.stable]]

@@ -137,6 +137,8 @@ def _record(c: Candidate, name: str) -> dict:
     row.update(ms={k: round(v, 4) for k, v in c.ms.items()}, score_ms=round(c.score, 4))
     if e.calibration:
         row["drop"] = e.calibration.get("drop")
+    elif (e.measurements or {}).get("heldout"):  # bf16/fp16 held to --max-drop (calibration/heldout.py)
+        row["drop"] = e.measurements["heldout"]["drop"]
     return row
 
 

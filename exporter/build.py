@@ -6,7 +6,8 @@ an existing one untouched. Layout and manifest: docs/bundle.md (``mrdeploy.runti
 
 Per profile, small stages: specialize (:mod:`.specialize`) -> check the fp32 specialized model against
 the source -> quantize (precision ``int8`` / ``auto``: :func:`_quantize_profile`, the calibration hook)
--> the backend's build stage (``Backend.build_profile``: cast / convert, check, write the artifact).
+-> the backend's build stage (``Backend.build_profile``: cast / convert, check, write the artifact)
+-> with ``--max-drop``, an fp16/bf16 engine scored on held-out data (:func:`_hold_to_budget`).
 Backends come from the one registry (``mrdeploy.runtime.backends.registry``): ``onnxruntime``
 (``profiles/<name>.onnx``), ``tensorrt`` (``profiles/<name>.plan`` + one timing cache), ``openvino``
 (``profiles/<name>.xml`` + ``.bin``), or any backend registered by the user.
@@ -45,6 +46,8 @@ PRECISIONS = (*ENGINE_PRECISIONS, "auto")
 # int8 profiles: the fp32 model they are quantized from is checked with the fp32 tolerances; the Q/DQ
 # model itself against the source on held-out real data (the calibration's drop and --max-drop)
 TOLERANCES = {"fp32": (1e-4, 1e-3, 0.9999), "fp16": (1e-2, 2e-2, 0.999)}
+# float precisions that round activations: with --max-drop, held to it on held-out data (calibration/heldout.py)
+LOWERED = ("fp16", "bf16")
 TIME_SOURCE = True  # build_bundle's default for time_source (the test suite turns it off: see tests/conftest.py)
 
 
@@ -194,6 +197,16 @@ def build_bundle(
 
     policy = policy or file_policy(profiles_file) or default_policy(source.info.task, source.info.outputs)
     check_policy(policy)
+    held_items = None
+    if max_drop is not None and precision in LOWERED:  # loaded once, before any work
+        from mrdeploy.calibration.api import check_max_drop
+        from mrdeploy.calibration.build_hook import DEFAULT_SAMPLES
+        from mrdeploy.calibration.heldout import heldout_items
+
+        check_max_drop(max_drop)
+        channels = source.info.inputs[0].channels if source.info.inputs else 3
+        held_items = heldout_items(calib_data, heldout_data, DEFAULT_SAMPLES if calib_samples is None else calib_samples,
+                                   0, channels)
 
     import onnx
 
@@ -273,6 +286,9 @@ def build_bundle(
                         files=[{"path": f, "sha256": sha256_file(tmp / f)} for f in built.files],
                     )
                 )
+                if held_items is not None:
+                    entries[-1] = _hold_to_budget(entries[-1], tmp, _build_info(builder), source, held_items,
+                                                  max_drop, threads)
                 result.profiles.append(
                     ProfileReport(
                         profile.name, _shapes_text(profile), backend, prec, spec.nodes_before, spec.nodes_after,
@@ -301,6 +317,23 @@ def build_bundle(
         )
         manifest.write(tmp)
     return result
+
+
+def _hold_to_budget(entry, bundle: Path, build: dict, source: SourceModel, items, max_drop: float, threads):
+    """``entry`` with its held-out score against the source in ``measurements["heldout"]``; BudgetError
+    when its drop exceeds ``max_drop`` (calibration/heldout.py)."""
+    from dataclasses import replace
+
+    from mrdeploy.calibration.heldout import check_engine
+
+    backend = get_backend(entry.backend)
+    engine = backend.engine_class()(bundle / entry.artifact, entry, build=build,
+                                    **backend.engine_options({"threads": threads}))
+    try:
+        record = check_engine(engine, source.path, source.info, entry.profile, items, max_drop, threads)
+    finally:
+        engine.close()
+    return replace(entry, measurements={**(entry.measurements or {}), "heldout": record})
 
 
 def _store_once(tmp: Path, artifact: str, stored: dict[str, str], *, alone: bool, notes: list[str], name: str) -> str:

@@ -215,7 +215,14 @@ def format_inspection(d: dict) -> str:
                    f"{p['artifact']:<28} {p['sha256'][:12]:<12} {size:>6}")
         if p["calibration"]:
             c = p["calibration"]
-            out.append(f"  {'':<12} int8 calibration: {c.get('method')}, {c.get('samples')} samples")
+            drop = "" if c.get("drop") is None else f", held-out drop {c['drop']:.4f}"
+            budget = "" if c.get("max_drop") is None else f" (--max-drop {c['max_drop']})"
+            out.append(f"  {'':<12} int8 calibration: {c.get('method')}, {c.get('samples')} samples{drop}{budget}")
+        held = (p["measurements"] or {}).get("heldout")
+        if held:  # a bf16/fp16 engine held to --max-drop (calibration/heldout.py)
+            out.append(f"  {'':<12} {p['precision']} engine on {held['heldout_rows'][0]} held-out pairs: drop "
+                       f"{held['drop']:.4f} ({held['metric']}, --max-drop {held['max_drop']}), "
+                       f"cosine drop {held['cosine_drop']:.6f}")
         auto = (p["measurements"] or {}).get("auto")
         if auto:  # --backend auto: every candidate timed for this profile, and why this one
             out.append(f"  {'':<12} auto: {auto['choice']}: {auto['reason']}")

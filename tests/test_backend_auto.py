@@ -57,6 +57,8 @@ def test_every_candidate_is_timed_and_the_fastest_kept(auto_bundle):
     expected = {("onnxruntime", "fp32", False), ("onnxruntime", "fp32", True), ("onnxruntime", "int8", False)}
     if HAVE_OV:
         expected |= {("openvino", "fp32", False)}
+        if "bf16" in get_backend("openvino").auto_precisions():  # a CPU with bf16 instructions
+            expected |= {("openvino", "bf16", False)}
     for e in manifest.profiles:
         auto = e.measurements["auto"]
         rows = auto["candidates"]

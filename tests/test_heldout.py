@@ -1,0 +1,79 @@
+"""``--max-drop`` holds fp16/bf16 engines to the budget on held-out data, as INT8 ones are
+(calibration/heldout.py): the score is recorded, a drop over the budget is refused, missing data is
+named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrdeploy.cli import main
+from mrdeploy.errors import BudgetError, CalibrationError
+from mrdeploy.runtime.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    from examples.data import write_image_folder
+
+    root = tmp_path_factory.mktemp("heldout_digits")
+    write_image_folder(root, n=20, sizes=[(48, 48), (64, 64)], kind="digits", seed=5)
+    return root
+
+
+def test_an_fp16_engine_is_scored_on_heldout_data_and_inspect_shows_it(exported, digits, tmp_path, capsys):
+    out = tmp_path / "b"
+    main(["build-engine", str(exported("cnn")), "-o", str(out), "--profile", "s=48", "--profile", "r=64-80@64",
+          "--precision", "fp16", "--calib-data", str(digits), "--calib-samples", "8", "--max-drop", "0.05",
+          "--threads", "1", "-q"])
+    held = {e.name: e.measurements["heldout"] for e in Manifest.read(out).profiles}
+    # the 12 images after the 8 calibration ones, at each of the profile's distinct sizes (min/opt/max)
+    assert [held["s"]["heldout"], held["r"]["heldout"]] == [12, 12]
+    assert held["s"]["heldout_rows"][1] == 12 and held["r"]["heldout_rows"][1] == 24
+    for h in held.values():
+        assert h["metric"] == "top1" and h["max_drop"] == 0.05
+        assert 0 <= h["drop"] <= 0.05 and 0 <= h["cosine_drop"] < 1e-3  # fp16 rounding, not a wrong model
+    capsys.readouterr()
+    main(["inspect", str(out)])
+    text = capsys.readouterr().out
+    assert f"fp16 engine on {held['r']['heldout_rows'][0]} held-out pairs: drop {held['r']['drop']:.4f} " \
+           "(top1, --max-drop 0.05)" in text
+
+
+def test_an_engine_over_the_budget_is_refused_naming_the_profile(exported, digits):
+    from mrdeploy.calibration.heldout import check_engine, heldout_items
+    from mrdeploy.exporter.onnx_model import read_model
+    from mrdeploy.runtime.profiles import make_profile, parse_profile
+
+    source = read_model(exported("cnn"))
+    profile = make_profile(parse_profile("s=48"), {"input": 3})
+    items = heldout_items(digits, None, 8, 0, 3)
+
+    class Noise:  # an engine whose logits have nothing to do with the input
+        class entry:
+            precision = "bf16"
+
+        def __init__(self):
+            self.rng = np.random.default_rng(0)
+
+        def run(self, feeds):
+            n = len(next(iter(feeds.values())))
+            return {source.info.outputs[0].name: self.rng.standard_normal((n, 10)).astype(np.float32)}
+
+    with pytest.raises(BudgetError) as info:
+        check_engine(Noise(), source.path, source.info, profile, items, 0.05, threads=1)
+    assert str(info.value).startswith("profile s: --max-drop 0.05 (top1) is not met by the bf16 engine: "
+                                      "the held-out drop is ")
+    assert str(info.value).endswith("raise --max-drop or build this profile in fp32")
+
+
+def test_max_drop_without_data_is_refused_before_any_work(exported, tmp_path):
+    from mrdeploy.exporter.build import build_bundle
+
+    with pytest.raises(CalibrationError) as info:
+        build_bundle(exported("cnn"), tmp_path / "b", ["s=48"], precision="fp16", max_drop=0.05, quiet=True)
+    assert str(info.value) == ("--max-drop needs held-out data to score the engine on: give --heldout-data DIR "
+                               "or --calib-data DIR|FILE.npz|module:callable")
+    assert not (tmp_path / "b").exists()
