@@ -238,8 +238,8 @@ def format_inspection(d: dict) -> str:
         if rule:  # the specialized graph timed against the source model it came from
             spec = "  ".join(f"{k} {v:.3f}" for k, v in rule["specialized_ms"].items())
             src = "  ".join(f"{k} {v:.3f}" for k, v in rule["source_ms"].items())
-            out.append(f"  {'':<12} source rule: kept the {rule['kept']} graph (source {rule['source_gain']:.2f}x "
-                       f"the specialized; {rule['min_gain']:.2f}x needed): specialized ms {spec}; source ms {src}")
+            out.append(f"  {'':<12} source rule: kept the {rule['kept']} graph (source {rule['source_gain']:.3f}x "
+                       f"the specialized; {rule['min_gain']:.3f}x needed): specialized ms {spec}; source ms {src}")
     for rel, f in d["shared_files"].items():
         size = f"{f['size_bytes'] / 1e6:.2f} MB" if f["size_bytes"] is not None else "MISSING"
         out.append(f"shared file {rel} ({size}, counted in MB above): read by {', '.join(f['used_by'])}")

@@ -71,8 +71,8 @@ def test_a_faster_source_model_serves_the_profile_and_its_file_is_not_written(ex
     np.testing.assert_allclose(y, _source_outputs(str(exported("cnn")), x), rtol=1e-4, atol=1e-5)
     main(["inspect", str(res.path)])
     text = capsys.readouterr().out
-    assert "source rule: kept the source graph (source 1.25x the specialized; 1.03x needed)" in text
-    assert "source rule: kept the specialized graph (source 1.02x the specialized; 1.03x needed)" in text
+    assert "source rule: kept the source graph (source 1.250x the specialized; 1.030x needed)" in text
+    assert "source rule: kept the specialized graph (source 1.020x the specialized; 1.030x needed)" in text
 
 
 def test_no_source_timing_and_profiles_the_source_cannot_serve(exported, tmp_path, monkeypatch, capsys):
