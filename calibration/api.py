@@ -240,8 +240,9 @@ def calibrate_profile(
             first = scorer.score(candidate)
             plain = first if uncorrected == candidate else scorer.score(uncorrected)
             # left out only when both signals say it hurts (few or unlike calibration samples): with few
-            # held-out pairs the drop moves by whole flips, where the cosine drop is continuous (6 pairs of
-            # EfficientNet-Lite1 on a VNNI CPU: drop 0.25 with it and 0.11 without, cosine drop 0.0039 and 0.0076)
+            # held-out pairs the drop moves by whole flips, where the cosine drop is continuous (the 6 pairs
+            # of tests/test_real_int8.py's bias-correction test on a VNNI CPU: drop 0.25 with it and 0.11
+            # without, cosine drop 0.0039 and 0.0076)
             if plain.drop < first.drop and plain.cosine < first.cosine:
                 result.notes.append(f"bias correction left out: the held-out drop was {first.drop:.4f} with it, "
                                     f"{plain.drop:.4f} without (cosine drop {first.cosine:.4f}, {plain.cosine:.4f})")

@@ -13,14 +13,17 @@ the means taken over the calibration samples (every axis but the channel axis), 
 of the model with every earlier layer already corrected: a layer's shift depends on the layers before it,
 and correcting all layers at once (in one pass, or three) overshot and ruined EfficientNet-Lite1 when
 tried while writing this (an ad-hoc check, not a script of the repo).
-All steps share one session, whose int32 biases are inputs fed as corrected so far (a session per
-step cost more in building than in running on small calibration sets). The FP32 outputs come from the
-float model the Q/DQ model was written from, the layers matched by their weight initializer's name.
+All steps share one session, whose int32 biases are inputs fed as corrected so far. The FP32 outputs
+come from the float model the Q/DQ model was written from, the layers matched by their weight
+initializer's name.
 
 Measured by ``benchmarks/bench_real_int8.py`` (docs/BENCHMARKS.md section 6, second run: EfficientNet-
 Lite1/2, three profiles, 30 real photo crops, 7-bit weights on an AVX2 CPU): top-1 agreement with FP32 on
 the stable evaluation crops 0.719-0.891 without, 0.875-0.981 with, at 7 sizes. Cost: one run of the
-calibration samples per corrected layer.
+calibration samples through the whole Q/DQ model per corrected layer (ONNX Runtime runs every node
+whatever output is asked for; with the biases as inputs it runs the Q/DQ pairs in float, not its int8
+kernels): most of an INT8 build's time (section 6, third run: 258-272 s per three-profile build
+against 17-33 s without the correction).
 """
 
 from __future__ import annotations
