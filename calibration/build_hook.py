@@ -21,7 +21,7 @@ from mrdeploy.calibration.api import (
     check_max_drop,
 )
 from mrdeploy.calibration.sources import load_data
-from mrdeploy.errors import CalibrationError
+from mrdeploy.errors import BudgetError, CalibrationError
 from mrdeploy.runtime.manifest import sha256_file
 from mrdeploy.runtime.profiles import Profile
 
@@ -112,15 +112,23 @@ def quantize_for_build(source_path: str | Path, model, profile: Profile, *, prec
     with tempfile.TemporaryDirectory(prefix="mrdeploy-int8-", dir=run_tempdir()) as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         onnx.save(model, str(fp32_path))
-        result: ProfileCalibration = calibrate_profile(
-            fp32_path, profile, _data(options, channels),
-            qdq_path=Path(tmp) / "int8.onnx", cache_path=Path(tmp) / "int8.calib",
-            method=options.method, samples=options.samples, seed=options.seed, target=target,
-            max_drop=options.max_drop,
-            precision="auto" if precision == "auto" and measured else "int8",
-            threads=options.threads, source_fingerprint=sha256_file(source_path), reference_path=source_path,
-            bias_correction=options.bias_correction,
-        )
+        try:
+            result: ProfileCalibration = calibrate_profile(
+                fp32_path, profile, _data(options, channels),
+                qdq_path=Path(tmp) / "int8.onnx", cache_path=Path(tmp) / "int8.calib",
+                method=options.method, samples=options.samples, seed=options.seed, target=target,
+                max_drop=options.max_drop,
+                precision="auto" if precision == "auto" and measured else "int8",
+                threads=options.threads, source_fingerprint=sha256_file(source_path), reference_path=source_path,
+                bias_correction=options.bias_correction,
+            )
+        except BudgetError as e:
+            if precision != "auto":
+                raise
+            # --precision auto picks the fastest precision within the budget: where no INT8 model meets
+            # it, the profile is served in fp32 (which the builder checks against the source)
+            first = str(e).strip().splitlines()[0]
+            return model, "fp32", None, {"choice": "fp32", "reason": f"no INT8 model within the budget: {first}"}, None
         measurements = result.measurements
         if precision == "auto" and not measured:
             measurements = {"choice": "int8", "reason": f"{backend}: INT8 within the budget; not timed on this machine"}

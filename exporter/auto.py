@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mrdeploy._atomic import atomic_dir, check_output, run_tempdir
 from mrdeploy._progress import Progress
-from mrdeploy.errors import ExportError, MrdeployError
+from mrdeploy.errors import BudgetError, ExportError, MrdeployError
 from mrdeploy.exporter.source_rule import as_source, stands_in
 from mrdeploy.exporter.timing import CALLS, ROUNDS, score, time_engines
 from mrdeploy.exporter.weights import share_weights
@@ -44,6 +44,7 @@ class Candidate:
     manifest: Manifest | None = None
     bundle: Path | None = None
     error: str | None = None  # why the builder refused it
+    refused: dict[str, str] = field(default_factory=dict)  # profile -> why its engine missed --max-drop
     ms: dict[str, float] = field(default_factory=dict)  # shape kind -> median ms
 
     @property
@@ -171,41 +172,48 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
     show = None if not quiet else False
     with tempfile.TemporaryDirectory(prefix="mrdeploy-auto-", dir=run_tempdir()) as work:
         cands: list[Candidate] = []
+        names: list[str] = []  # every profile, in order: a candidate's bundle lacks those it refused
         with Progress(len(kinds), f"--backend auto: building {len(kinds)} candidates", show=show) as bar:
             for backend, prec in kinds:
                 bar.update(0, note=f"{backend} {prec}")
                 c = Candidate(backend, prec)
                 try:
-                    c.bundle = build_bundle(model_path, Path(work) / f"{backend}-{prec}", profiles, backend=backend,
-                                            precision=prec, threads=threads, quiet=True, share_weights=False,
-                                            time_source=False, **options).path
+                    built_c = build_bundle(model_path, Path(work) / f"{backend}-{prec}", profiles, backend=backend,
+                                           precision=prec, threads=threads, quiet=True, share_weights=False,
+                                           time_source=False, skip_refused=True, **options)
+                    c.bundle, c.refused, names = built_c.path, built_c.refused, built_c.requested
                     c.manifest = Manifest.read(c.bundle)
                 except MrdeployError as e:
                     c.error = _first_line(e)
                 cands.append(c)
                 if c.manifest is not None:
                     if any(stands_in(e, c.manifest.source) for e in c.manifest.profiles):
-                        cands.append(Candidate(backend, prec, source=True, manifest=c.manifest, bundle=c.bundle))
+                        cands.append(Candidate(backend, prec, source=True, manifest=c.manifest, bundle=c.bundle,
+                                               refused=c.refused))
                 bar.update(1, note=f"{backend} {prec}")
         built = [c for c in cands if c.manifest is not None]
         if not built:
             raise ExportError("--backend auto: every candidate was refused: "
                               + "; ".join(f"{c.label}: {c.error}" for c in cands))
-        first = built[0].manifest
+        first = max((c.manifest for c in built), key=lambda m: len(m.profiles))  # some may lack a refused profile
         result = BuildResult(path=output, policy=first.policy, notes=list(notes))
         result.notes.extend(f"candidate {c.label} refused: {c.error}" for c in cands if c.error)
         chosen: dict[str, tuple[Candidate, str, list[dict]]] = {}
-        names = [e.name for e in first.profiles]
         with Progress(len(names), "--backend auto: timing candidates", show=show) as bar:
             for name in names:
                 bar.update(0, note=name)
-                here = [replace(c, ms={}) for c in built]  # this profile's timings only
+                here = [replace(c, ms={}) for c in built if name not in c.refused]  # this profile's timings only
                 if any(c.source for c in here):  # the source only where its fp32 profile is an ONNX file
                     here = [c for c in here if not c.source or _source_competes(c, name)]
+                if not here:  # e.g. --precision int8 --max-drop: no backend's INT8 engine meets the budget
+                    raise BudgetError(f"--backend auto: profile {name!r}: every candidate was refused: "
+                                      + "; ".join(f"{c.label}: {c.refused[name]}" for c in built if not c.source))
                 time_candidates(name, here, threads)
                 result.notes.extend(f"candidate {c.label} refused: {c.error}" for c in here if c.error)
                 best, reason = choose(here, AUTO_MIN_SPEEDUP)
-                rows = [_record(c, name) for c in here] + [_record(c, name) for c in cands if c.error]
+                missed = [replace(c, error=c.refused[name]) for c in built if name in c.refused and not c.source]
+                result.notes.extend(f"{name}: candidate {c.label} refused: {c.error}" for c in missed)
+                rows = [_record(c, name) for c in here] + [_record(c, name) for c in cands + missed if c.error]
                 chosen[name] = (best, reason, rows)
                 result.notes.append(f"{name}: {best.label}: {reason}")
                 bar.update(1, note=name)

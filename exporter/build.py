@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mrdeploy._atomic import atomic_dir, check_output
 from mrdeploy._progress import Progress
-from mrdeploy.errors import ExportError, MrdeployError
+from mrdeploy.errors import BudgetError, ExportError, MrdeployError
 from mrdeploy.exporter import source_rule, weights
 from mrdeploy.exporter.onnx_model import SourceModel, read_model
 from mrdeploy.exporter.resolve import resolve_profiles
@@ -75,6 +75,8 @@ class BuildResult:
     profiles: list[ProfileReport] = field(default_factory=list)
     check_rows: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # profile -> why no engine met --max-drop (skip_refused)
+    requested: list[str] = field(default_factory=list)  # every profile asked for, in order (refused or not)
 
     def table(self) -> str:
         head = (
@@ -153,14 +155,19 @@ def build_bundle(
     force: bool = False,
     share_weights: bool = True,
     time_source: bool | None = None,
+    skip_refused: bool = False,
 ) -> BuildResult:
     """Build the bundle and return it with the per-profile report (see :func:`build_engine`).
     ``share_weights=False`` leaves each graph with its own weights (``--backend auto``'s candidates: their
     files are picked from and shared once the bundle is assembled). ``time_source`` (default
     ``TIME_SOURCE``): time each profile that the source model could serve against it and keep the faster
-    (:mod:`.source_rule`); ``False`` keeps every specialized file, so the artifacts do not depend on timing."""
+    (:mod:`.source_rule`); ``False`` keeps every specialized file, so the artifacts do not depend on timing.
+    ``skip_refused``: a profile whose engine cannot meet ``max_drop`` (BudgetError) is left out and named in
+    ``result.refused`` instead of failing the build (``--backend auto``'s candidates: another backend or
+    precision serves that profile); the build fails only when every profile is refused."""
     if backend == "auto":  # every available backend and precision, the fastest kept per profile
-        settings = {k: v for k, v in locals().items() if k not in ("model_path", "output", "profiles", "backend")}
+        settings = {k: v for k, v in locals().items()
+                    if k not in ("model_path", "output", "profiles", "backend", "skip_refused")}
         from mrdeploy.exporter.auto import build_auto
 
         return build_auto(model_path, output, profiles, **settings)
@@ -219,7 +226,7 @@ def build_bundle(
     from mrdeploy.runtime.manifest import FORMAT_VERSION, Manifest, ProfileEntry, sha256_file
 
     output = Path(output)
-    result = BuildResult(path=output, policy=policy)
+    result = BuildResult(path=output, policy=policy, requested=[p.name for p in resolved])
     check_threads = threads or min(4, os.cpu_count() or 1)
     src_session = cpu_session(source.proto, check_threads)
     entries = []
@@ -248,11 +255,19 @@ def build_bundle(
                     result.check_rows.extend(fp32_rows)
                     _check("fp32 specialized", fp32_rows, profile, format_check_table(fp32_rows))
                 if precision in ("int8", "auto"):
-                    model, prec, calibration, measurements, calib_cache = _quantize_profile(
-                        source, spec.model, profile, precision=precision, backend=backend, options=calib_options,
-                    )
+                    try:
+                        model, prec, calibration, measurements, calib_cache = _quantize_profile(
+                            source, spec.model, profile, precision=precision, backend=backend,
+                            options=calib_options,
+                        )
+                    except BudgetError as e:
+                        _refuse(e, profile, result, skip_refused, len(resolved))
+                        bar.update(1, note=profile.name)
+                        continue
                     if calibration:
                         result.notes.extend(f"{profile.name}: {n}" for n in calibration.get("notes", []))
+                    if precision == "auto" and (measurements or {}).get("reason"):
+                        result.notes.append(f"{profile.name}: precision auto chose {prec}: {measurements['reason']}")
 
                 def check(candidate, atol, rtol, min_cosine, what=None, reference=None, _profile=profile, _prec=prec):
                     ref = src_session if reference is None else cpu_session(reference, check_threads)
@@ -287,8 +302,14 @@ def build_bundle(
                     )
                 )
                 if held_items is not None:
-                    entries[-1] = _hold_to_budget(entries[-1], tmp, _build_info(builder), source, held_items,
-                                                  max_drop, threads)
+                    try:
+                        entries[-1] = _hold_to_budget(entries[-1], tmp, _build_info(builder), source, held_items,
+                                                      max_drop, threads)
+                    except BudgetError as e:
+                        entries.pop()
+                        _refuse(e, profile, result, skip_refused, len(resolved))
+                        bar.update(1, note=profile.name)
+                        continue
                 result.profiles.append(
                     ProfileReport(
                         profile.name, _shapes_text(profile), backend, prec, spec.nodes_before, spec.nodes_after,
@@ -317,6 +338,15 @@ def build_bundle(
         )
         manifest.write(tmp)
     return result
+
+
+def _refuse(e: BudgetError, profile: Profile, result: BuildResult, skip: bool, profiles: int) -> None:
+    """Re-raise ``e`` unless ``skip`` and some profile of the build may still be served."""
+    if not skip:
+        raise e
+    result.refused[profile.name] = str(e).strip().splitlines()[0]
+    if len(result.refused) == profiles:
+        raise BudgetError("every profile was refused: " + "; ".join(result.refused.values())) from e
 
 
 def _hold_to_budget(entry, bundle: Path, build: dict, source: SourceModel, items, max_drop: float, threads):

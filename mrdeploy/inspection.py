@@ -223,6 +223,9 @@ def format_inspection(d: dict) -> str:
             out.append(f"  {'':<12} {p['precision']} engine on {held['heldout_rows'][0]} held-out pairs: drop "
                        f"{held['drop']:.4f} ({held['metric']}, --max-drop {held['max_drop']}), "
                        f"cosine drop {held['cosine_drop']:.6f}")
+        chose = p["measurements"] or {}
+        if chose.get("choice") and chose.get("reason"):  # --precision auto: int8 or fp32, and why
+            out.append(f"  {'':<12} precision auto: {chose['choice']}: {chose['reason']}")
         auto = (p["measurements"] or {}).get("auto")
         if auto:  # --backend auto: every candidate timed for this profile, and why this one
             out.append(f"  {'':<12} auto: {auto['choice']}: {auto['reason']}")

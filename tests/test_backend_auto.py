@@ -172,3 +172,42 @@ def test_an_engine_that_does_not_load_is_a_refused_candidate(exported, tmp_path,
                                           r"onnxruntime fp32: profile 's': the engine does not load: nope"):
         build_engine_auto(exported("cnn"), tmp_path / "c", precision="fp32", threads=1)
     assert not (tmp_path / "c").exists()
+
+
+def test_a_profile_refused_by_the_budget_is_served_by_another_candidate(exported, digits, tmp_path, monkeypatch):
+    """An INT8 candidate that misses --max-drop at one profile still competes at the others; a profile
+    that no candidate can serve within the budget fails the build, naming it."""
+    from mrdeploy.calibration import build_hook
+    from mrdeploy.errors import BudgetError
+    from mrdeploy.exporter import auto
+    from mrdeploy.exporter.build import build_bundle
+
+    real = build_hook.calibrate_profile
+
+    def budget(fp32_path, profile, *a, **kw):
+        if profile.name == "r":
+            raise BudgetError(f"profile {profile.name}: --max-drop 0.01 (top1) cannot be met (test)")
+        return real(fp32_path, profile, *a, **kw)
+
+    monkeypatch.setattr(build_hook, "calibrate_profile", budget)
+    monkeypatch.setattr(auto, "candidate_kinds", lambda p: ([("onnxruntime", "fp32"), ("onnxruntime", "int8")], []))
+    result = build_bundle(exported("cnn"), tmp_path / "b", ["s=48", "r=64"], backend="auto", precision="auto",
+                          calib_data=digits, calib_samples=6, max_drop=0.01, threads=1, quiet=True)
+    manifest = Manifest.read(tmp_path / "b")
+    verify_artifacts(tmp_path / "b", manifest)
+    r = manifest.entry("r")
+    assert (r.backend, r.precision) == ("onnxruntime", "fp32")
+    rows = r.measurements["auto"]["candidates"]
+    assert {"backend": "onnxruntime", "precision": "int8", "source_model": False,
+            "refused": "profile r: --max-drop 0.01 (top1) cannot be met (test)"} in rows
+    assert all("refused" not in row for row in rows if row["precision"] == "fp32")
+    s_rows = manifest.entry("s").measurements["auto"]["candidates"]
+    assert [row["precision"] for row in s_rows if not row["source_model"]] == ["fp32", "int8"]
+    assert all("refused" not in row for row in s_rows)  # the int8 engine of s was built and timed
+    assert "r: candidate onnxruntime int8 refused: profile r: --max-drop 0.01 (top1) cannot be met (test)" in result.notes
+    monkeypatch.setattr(auto, "candidate_kinds", lambda p: ([("onnxruntime", "int8")], []))
+    with pytest.raises(BudgetError, match=r"--backend auto: profile 'r': every candidate was refused: "
+                                          r"onnxruntime int8: profile r: --max-drop 0.01 \(top1\) cannot be met"):
+        build_bundle(exported("cnn"), tmp_path / "c", ["s=48", "r=64"], backend="auto", precision="int8",
+                     calib_data=digits, calib_samples=6, max_drop=0.01, threads=1, quiet=True)
+    assert not (tmp_path / "c").exists()

@@ -87,3 +87,24 @@ def test_int8_build_without_data_or_within_an_impossible_budget(exported, digits
         build_engine(exported("cnn"), tmp_path / "b", ["48"], precision="int8", calib_data=digits_png,
                      calib_samples=3, max_drop=0.0, calib_method="minmax", quiet=True)
     assert not (tmp_path / "b").exists()
+
+
+def test_precision_auto_serves_fp32_where_no_int8_model_meets_the_budget(exported, digits_png, tmp_path, monkeypatch):
+    from mrdeploy.calibration import build_hook
+    from mrdeploy.exporter.build import build_bundle
+    from mrdeploy.runtime.manifest import Manifest
+
+    orig = build_hook.calibrate_profile
+    monkeypatch.setattr(build_hook, "calibrate_profile", lambda *a, **kw: orig(*a, **{**kw, "metric": "cosine"}))
+    result = build_bundle(exported("cnn"), tmp_path / "b", ["s=48"], precision="auto", calib_data=digits_png,
+                          calib_samples=3, max_drop=0.0, calib_method="minmax", quiet=True)
+    e = Manifest.read(tmp_path / "b").profiles[0]
+    assert (e.precision, e.calibration) == ("fp32", None)
+    assert e.measurements["choice"] == "fp32"
+    assert e.measurements["reason"].startswith("no INT8 model within the budget: profile s: --max-drop 0.0 (cosine) "
+                                               "cannot be met by any INT8 model")
+    assert any(n.startswith("s: precision auto chose fp32: no INT8 model within the budget: ") for n in result.notes)
+    from mrdeploy.inspection import format_inspection, inspect_bundle
+
+    assert "precision auto: fp32: no INT8 model within the budget: profile s:" in format_inspection(
+        inspect_bundle(tmp_path / "b"))
