@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="Per cell.")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--backend", default="onnxruntime", help="The bundle's backend (default onnxruntime).")
-    ap.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+    ap.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                     help="int8: calibrated per profile on 30 real photo crops.")
     ap.add_argument("--threads", type=int, default=1, help="Intra-op threads per engine.")
     ap.add_argument("--max-batch", type=int, default=8)
