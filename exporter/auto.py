@@ -5,7 +5,9 @@
    on a TensorRT GPU), or only at ``--precision`` when it is not ``auto``. Each candidate is a whole
    bundle built by :func:`~mrdeploy.exporter.build.build_bundle` (so every check of that path applies:
    fp32 against the source with allclose, int8 calibrated per profile and held to ``--max-drop`` on
-   held-out data); a candidate the builder refuses is recorded with its message, not served.
+   held-out data); where the builder refuses a candidate's engine for one profile (over the budget, not
+   converted, failing its check), that candidate is refused at that profile only, with its message, and
+   still competes at the others.
    An fp32 profile whose artifact is an ONNX file also competes with the source ONNX model itself (the
    dynamic file it was specialized from), so a specialization that does not pay is not kept.
 2. Timing: per profile, every candidate's engine loaded in this process and called in turn (order
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from mrdeploy._atomic import atomic_dir, check_output, run_tempdir
 from mrdeploy._progress import Progress
-from mrdeploy.errors import BudgetError, ExportError, MrdeployError
+from mrdeploy.errors import ExportError, MrdeployError
 from mrdeploy.exporter.source_rule import as_source, stands_in
 from mrdeploy.exporter.timing import CALLS, ROUNDS, score, time_engines
 from mrdeploy.exporter.weights import share_weights
@@ -44,7 +46,7 @@ class Candidate:
     manifest: Manifest | None = None
     bundle: Path | None = None
     error: str | None = None  # why the builder refused it
-    refused: dict[str, str] = field(default_factory=dict)  # profile -> why its engine missed --max-drop
+    refused: dict[str, str] = field(default_factory=dict)  # profile -> why the builder refused its engine
     ms: dict[str, float] = field(default_factory=dict)  # shape kind -> median ms
 
     @property
@@ -205,8 +207,8 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
                 here = [replace(c, ms={}) for c in built if name not in c.refused]  # this profile's timings only
                 if any(c.source for c in here):  # the source only where its fp32 profile is an ONNX file
                     here = [c for c in here if not c.source or _source_competes(c, name)]
-                if not here:  # e.g. --precision int8 --max-drop: no backend's INT8 engine meets the budget
-                    raise BudgetError(f"--backend auto: profile {name!r}: every candidate was refused: "
+                if not here:  # e.g. --precision int8 --max-drop: no backend's INT8 engine met the budget
+                    raise ExportError(f"--backend auto: profile {name!r}: every candidate was refused: "
                                       + "; ".join(f"{c.label}: {c.refused[name]}" for c in built if not c.source))
                 time_candidates(name, here, threads)
                 result.notes.extend(f"candidate {c.label} refused: {c.error}" for c in here if c.error)

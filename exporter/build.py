@@ -75,7 +75,7 @@ class BuildResult:
     profiles: list[ProfileReport] = field(default_factory=list)
     check_rows: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)  # profile -> why no engine met --max-drop (skip_refused)
+    refused: dict[str, str] = field(default_factory=dict)  # profile -> why its engine was refused (skip_refused)
     requested: list[str] = field(default_factory=list)  # every profile asked for, in order (refused or not)
 
     def table(self) -> str:
@@ -162,9 +162,10 @@ def build_bundle(
     files are picked from and shared once the bundle is assembled). ``time_source`` (default
     ``TIME_SOURCE``): time each profile that the source model could serve against it and keep the faster
     (:mod:`.source_rule`); ``False`` keeps every specialized file, so the artifacts do not depend on timing.
-    ``skip_refused``: a profile whose engine cannot meet ``max_drop`` (BudgetError) is left out and named in
-    ``result.refused`` instead of failing the build (``--backend auto``'s candidates: another backend or
-    precision serves that profile); the build fails only when every profile is refused."""
+    ``skip_refused``: a profile whose engine is refused (it misses ``max_drop``, does not convert, or fails
+    its check against the source) is left out and named in ``result.refused`` instead of failing the build
+    (``--backend auto``'s candidates: another backend or precision serves that profile); the build fails
+    only when every profile is refused."""
     if backend == "auto":  # every available backend and precision, the fastest kept per profile
         settings = {k: v for k, v in locals().items()
                     if k not in ("model_path", "output", "profiles", "backend", "skip_refused")}
@@ -278,10 +279,16 @@ def build_bundle(
                     _check(what or f"{_prec} specialized", rows, _profile, format_check_table(rows), kind)
                     return rows
 
-                built: BuiltProfile = builder.build_profile(ProfileBuild(
-                    model=model, profile=profile, precision=prec, directory=tmp, threads=threads,
-                    fp32_rows=fp32_rows, check=check, source_session=src_session,
-                ))
+                try:
+                    built: BuiltProfile = builder.build_profile(ProfileBuild(
+                        model=model, profile=profile, precision=prec, directory=tmp, threads=threads,
+                        fp32_rows=fp32_rows, check=check, source_session=src_session,
+                        held_to_budget=held_items is not None,
+                    ))
+                except ExportError as e:  # the engine does not convert, or fails its check against the source
+                    _refuse(e, profile, result, skip_refused, len(resolved))
+                    bar.update(1, note=profile.name)
+                    continue
                 artifact, options, max_abs, min_cos = built.artifact, dict(built.options), built.max_abs, built.min_cosine
                 result.notes.extend(f"{profile.name}: {n}" for n in built.notes)
                 artifact = _store_once(tmp, artifact, stored, alone=not built.files, notes=result.notes, name=profile.name)
@@ -340,13 +347,14 @@ def build_bundle(
     return result
 
 
-def _refuse(e: BudgetError, profile: Profile, result: BuildResult, skip: bool, profiles: int) -> None:
+def _refuse(e: MrdeployError, profile: Profile, result: BuildResult, skip: bool, profiles: int) -> None:
     """Re-raise ``e`` unless ``skip`` and some profile of the build may still be served."""
     if not skip:
         raise e
     result.refused[profile.name] = str(e).strip().splitlines()[0]
     if len(result.refused) == profiles:
-        raise BudgetError("every profile was refused: " + "; ".join(result.refused.values())) from e
+        kind = BudgetError if isinstance(e, BudgetError) else ExportError
+        raise kind("every profile was refused: " + "; ".join(result.refused.values())) from e
 
 
 def _hold_to_budget(entry, bundle: Path, build: dict, source: SourceModel, items, max_drop: float, threads):

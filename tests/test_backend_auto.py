@@ -206,8 +206,33 @@ def test_a_profile_refused_by_the_budget_is_served_by_another_candidate(exported
     assert all("refused" not in row for row in s_rows)  # the int8 engine of s was built and timed
     assert "r: candidate onnxruntime int8 refused: profile r: --max-drop 0.01 (top1) cannot be met (test)" in result.notes
     monkeypatch.setattr(auto, "candidate_kinds", lambda p: ([("onnxruntime", "int8")], []))
-    with pytest.raises(BudgetError, match=r"--backend auto: profile 'r': every candidate was refused: "
+    with pytest.raises(ExportError, match=r"--backend auto: profile 'r': every candidate was refused: "
                                           r"onnxruntime int8: profile r: --max-drop 0.01 \(top1\) cannot be met"):
         build_bundle(exported("cnn"), tmp_path / "c", ["s=48", "r=64"], backend="auto", precision="int8",
                      calib_data=digits, calib_samples=6, max_drop=0.01, threads=1, quiet=True)
     assert not (tmp_path / "c").exists()
+
+
+
+def test_an_engine_that_fails_its_check_at_one_profile_is_refused_there_only(exported, digits, tmp_path, monkeypatch):
+    from mrdeploy.exporter import auto
+    from mrdeploy.exporter.build import build_bundle
+    from mrdeploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    real = OnnxRuntimeBackend.build_profile
+    message = "profile 'r': the int8 specialized model does not match the source ONNX model (test)"
+
+    def build_profile(self, stage):
+        if stage.profile.name == "r" and stage.precision == "int8":
+            raise ExportError(message)
+        return real(self, stage)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "build_profile", build_profile)
+    monkeypatch.setattr(auto, "candidate_kinds", lambda p: ([("onnxruntime", "fp32"), ("onnxruntime", "int8")], []))
+    build_bundle(exported("cnn"), tmp_path / "b", ["s=48", "r=64"], backend="auto", precision="auto",
+                 calib_data=digits, calib_samples=6, threads=1, quiet=True)
+    manifest = Manifest.read(tmp_path / "b")
+    assert manifest.entry("r").precision == "fp32"
+    assert {"backend": "onnxruntime", "precision": "int8", "source_model": False,
+            "refused": message} in manifest.entry("r").measurements["auto"]["candidates"]
+    assert all("refused" not in row for row in manifest.entry("s").measurements["auto"]["candidates"])

@@ -77,3 +77,22 @@ def test_max_drop_without_data_is_refused_before_any_work(exported, tmp_path):
     assert str(info.value) == ("--max-drop needs held-out data to score the engine on: give --heldout-data DIR "
                                "or --calib-data DIR|FILE.npz|module:callable")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_bf16_ir_held_to_the_budget_is_checked_for_its_conversion_only(exported, digits, tmp_path):
+    from mrdeploy.runtime.backends.registry import get_backend
+
+    ov = get_backend("openvino")
+    if not ov.is_available() or "bf16" not in ov.auto_precisions():
+        pytest.skip("needs OpenVINO and a CPU with bf16 instructions")
+    from mrdeploy.exporter.build import build_bundle
+    from mrdeploy.runtime.backends.openvino import BF16_TOLERANCES, HELD_BF16_TOLERANCES
+
+    build_bundle(exported("cnn"), tmp_path / "held", ["s=48"], backend="openvino", precision="bf16",
+                 calib_data=digits, calib_samples=8, max_drop=0.05, threads=1, quiet=True)
+    build_bundle(exported("cnn"), tmp_path / "plain", ["s=48"], backend="openvino", precision="bf16",
+                 threads=1, quiet=True)
+    held, plain = (Manifest.read(tmp_path / k).profiles[0] for k in ("held", "plain"))
+    assert (held.options["check"]["atol"], held.options["check"]["rtol"]) == HELD_BF16_TOLERANCES[:2] == (0.5, 1.0)
+    assert (plain.options["check"]["atol"], plain.options["check"]["rtol"]) == BF16_TOLERANCES[:2] == (0.1, 0.1)
+    assert held.measurements["heldout"]["max_drop"] == 0.05 and "heldout" not in (plain.measurements or {})

@@ -44,6 +44,10 @@ BF16_TOLERANCES = (0.1, 0.1, 0.99)  # (atol, rtol, min cosine) of a bf16 IR agai
 # 0.006, cosine 0.9999998; EfficientNet-Lite1 at 224: max abs 0.13 on logits, cosine 0.9994). The check
 # catches a broken conversion (layout, shapes, quantization semantics), so it rests on the cosine.
 INT8_TOLERANCES = (0.5, 1.0, 0.99)
+# a bf16 IR held to --max-drop: its accuracy is judged on held-out real data right after; on random
+# inputs bf16's 8-bit mantissa puts near-zero logits of a deep net 0.1-0.2 off (EfficientNet-Lite1 at 160
+# on an AMX CPU: BENCHMARKS §8, eighth run), so this check too only catches a broken conversion
+HELD_BF16_TOLERANCES = INT8_TOLERANCES
 
 
 def installed_version() -> str | None:
@@ -259,7 +263,8 @@ class OpenVINOBackend(Backend):
             atol, rtol, min_c = INT8_TOLERANCES
             rows = stage.check(_IRSession(compiled), atol, rtol, min_c, what="int8 OpenVINO IR", reference=stage.model)
         else:
-            atol, rtol, min_c = TOLERANCES["fp32"] if prec == "fp32" else BF16_TOLERANCES
+            lowered = HELD_BF16_TOLERANCES if stage.held_to_budget else BF16_TOLERANCES
+            atol, rtol, min_c = TOLERANCES["fp32"] if prec == "fp32" else lowered
             rows = stage.check(_IRSession(compiled), atol, rtol, min_c, what=f"{prec} OpenVINO IR")
         max_abs = max((r.max_abs for r in rows), default=None)
         min_cos = min((r.cosine for r in rows), default=None)

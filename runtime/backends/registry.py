@@ -38,7 +38,9 @@ class ProfileBuild:
     it was not checked) and ``check(candidate, atol, rtol, min_cosine, what=None, reference=None) -> rows``,
     which runs ``candidate`` (a ModelProto, or anything with ONNX Runtime's ``run(names, feeds)``) against
     the source at min/opt/max on random inputs (or against ``reference``, an ONNX model, e.g. the Q/DQ
-    model a backend converted) and raises ExportError naming the profile when it does not match."""
+    model a backend converted) and raises ExportError naming the profile when it does not match.
+    ``held_to_budget``: the engine is then scored on held-out real data against ``--max-drop``, which
+    judges its accuracy; the random-input check only has to catch a broken conversion."""
 
     model: object
     profile: object
@@ -48,6 +50,7 @@ class ProfileBuild:
     fp32_rows: list | None = None
     check: object = None
     source_session: object = None
+    held_to_budget: bool = False  # fp16/bf16 with --max-drop: the built engine is scored on held-out real data next
 
 
 @dataclass
