@@ -27,7 +27,7 @@ Accuracy: per target and size, top-1 agreement with the FP32 PyTorch model on ``
 (examples/real/photos.py, right halves) that calibration (left halves) never saw, on all of them
 (``top-1``) and on the *stable* ones (``stable``: the crops whose FP32 class survives two draws of one
 grey level of noise; many crops are textures where FP32's top two classes are neck and neck, and no
-INT8 model can be held to those). ``--max-drop D`` builds our int8/auto bundles with that budget, held
+INT8 model can be held to those). ``--max-drop D`` builds our int8/auto (and bf16/fp16) bundles with that budget, held
 to it on ``--heldout`` other crops of the calibration halves.
 
 Per model it prints a table: size, target, ms (median of round medians), noise (min-max of round
@@ -345,7 +345,8 @@ def prepare(key: str, args, work: Path, say, notes: list[str]) -> tuple[dict, di
         say(f"{key}: building bundle {b} {p}" + ("" if drop is None else f" --max-drop {drop:g}"))
         t0 = time.perf_counter()
         try:
-            budget = dict(max_drop=drop, heldout_data=held_dir) if drop is not None and p in ("int8", "auto") else {}
+            held = drop is not None and p in ("int8", "auto", "bf16", "fp16")  # what --max-drop applies to
+            budget = dict(max_drop=drop, heldout_data=held_dir) if held else {}
             build_bundle(src, bundle, [f"s{s}={s}" for s in args.sizes], backend=b, precision=p,
                          calib_data=calib_dir, calib_samples=args.calib, threads=args.threads, quiet=True, force=True,
                          **budget)
@@ -514,7 +515,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget", type=float, default=15.0,
                     help="seconds of timed calls per size per round after which a slow target stops (>= 5 calls)")
     ap.add_argument("--calib", type=int, help="calibration crops (default 30)")
-    ap.add_argument("--max-drop", type=float, help="--max-drop for our int8/auto bundles without @MAXDROP (default: none)")
+    ap.add_argument("--max-drop", type=float, help="--max-drop for our int8/auto/bf16/fp16 bundles without @MAXDROP (default: none)")
     ap.add_argument("--heldout", type=int, default=40, help="held-out crops for --max-drop (default 40)")
     ap.add_argument("--calib-size", type=int, help="the size peers calibrate at (default: the middle size)")
     ap.add_argument("--eval", type=int, help="evaluation crops per size for top-1 agreement (default 50)")

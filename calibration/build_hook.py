@@ -21,7 +21,7 @@ from mrdeploy.calibration.api import (
     check_max_drop,
 )
 from mrdeploy.calibration.sources import load_data
-from mrdeploy.errors import BudgetError, CalibrationError
+from mrdeploy.errors import BudgetError, CalibrationError, first_line
 from mrdeploy.runtime.manifest import sha256_file
 from mrdeploy.runtime.profiles import Profile
 
@@ -127,8 +127,8 @@ def quantize_for_build(source_path: str | Path, model, profile: Profile, *, prec
                 raise
             # --precision auto picks the fastest precision within the budget: where no INT8 model meets
             # it, the profile is served in fp32 (which the builder checks against the source)
-            first = str(e).strip().splitlines()[0]
-            return model, "fp32", None, {"choice": "fp32", "reason": f"no INT8 model within the budget: {first}"}, None
+            reason = f"no INT8 model within the budget: {first_line(e)}"
+            return model, "fp32", None, {"choice": "fp32", "reason": reason}, None
         measurements = result.measurements
         if precision == "auto" and not measured:
             measurements = {"choice": "int8", "reason": f"{backend}: INT8 within the budget; not timed on this machine"}

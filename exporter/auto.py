@@ -29,6 +29,7 @@ from pathlib import Path
 from mrdeploy._atomic import atomic_dir, check_output, run_tempdir
 from mrdeploy._progress import Progress
 from mrdeploy.errors import ExportError, MrdeployError
+from mrdeploy.errors import first_line as _first_line
 from mrdeploy.exporter.source_rule import as_source, stands_in
 from mrdeploy.exporter.timing import CALLS, ROUNDS, score, time_engines
 from mrdeploy.exporter.weights import share_weights
@@ -77,11 +78,6 @@ def candidate_kinds(precision: str) -> tuple[list[tuple[str, str]], list[str]]:
         raise ExportError(f"--backend auto: no backend available here builds precision {precision!r}; "
                           + "; ".join(notes))
     return kinds, notes
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _engine(c: Candidate, entry: ProfileEntry, threads: int | None):
@@ -197,7 +193,7 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
         if not built:
             raise ExportError("--backend auto: every candidate was refused: "
                               + "; ".join(f"{c.label}: {c.error}" for c in cands))
-        first = max((c.manifest for c in built), key=lambda m: len(m.profiles))  # some may lack a refused profile
+        first = built[0].manifest
         result = BuildResult(path=output, policy=first.policy, notes=list(notes))
         result.notes.extend(f"candidate {c.label} refused: {c.error}" for c in cands if c.error)
         chosen: dict[str, tuple[Candidate, str, list[dict]]] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mrdeploy._atomic import atomic_dir, check_output
 from mrdeploy._progress import Progress
-from mrdeploy.errors import BudgetError, ExportError, MrdeployError
+from mrdeploy.errors import BudgetError, ExportError, MrdeployError, first_line
 from mrdeploy.exporter import source_rule, weights
 from mrdeploy.exporter.onnx_model import SourceModel, read_model
 from mrdeploy.exporter.resolve import resolve_profiles
@@ -351,7 +351,7 @@ def _refuse(e: MrdeployError, profile: Profile, result: BuildResult, skip: bool,
     """Re-raise ``e`` unless ``skip`` and some profile of the build may still be served."""
     if not skip:
         raise e
-    result.refused[profile.name] = str(e).strip().splitlines()[0]
+    result.refused[profile.name] = first_line(e)
     if len(result.refused) == profiles:
         kind = BudgetError if isinstance(e, BudgetError) else ExportError
         raise kind("every profile was refused: " + "; ".join(result.refused.values())) from e

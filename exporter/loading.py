@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mrdeploy.errors import ExportError
+from mrdeploy.errors import ExportError, first_line
 
 _MAX_KEYS = 8
 
@@ -100,7 +100,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ExportError(
             f"checkpoint {path} cannot be loaded with torch.load(weights_only=True): {first[:300]}"
         ) from e

@@ -69,3 +69,10 @@ class ToleranceError(MrdeployError):
 
 class BudgetError(CalibrationError, ToleranceError):
     """No INT8 model meets the accuracy budget (``--max-drop``): a calibration failure and a tolerance one."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message (its type's name when the message is empty): what a note or a
+    refusal row shows of a longer error."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

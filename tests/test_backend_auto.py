@@ -213,7 +213,6 @@ def test_a_profile_refused_by_the_budget_is_served_by_another_candidate(exported
     assert not (tmp_path / "c").exists()
 
 
-
 def test_an_engine_that_fails_its_check_at_one_profile_is_refused_there_only(exported, digits, tmp_path, monkeypatch):
     from mrdeploy.exporter import auto
     from mrdeploy.exporter.build import build_bundle
