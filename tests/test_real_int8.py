@@ -97,6 +97,54 @@ def test_bias_correction_brings_int8_back_toward_fp32(lite1, photo_dirs, tmp_pat
     assert "bias correction left out: it needs 16 calibration samples, got 12" in few.notes
 
 
+def test_segmented_bias_correction_equals_running_the_whole_model_per_layer(lite1, tmp_path):
+    """calibration/bias.py runs one short segment of the graph per layer; the result must be what the
+    definition gives: each layer corrected on the whole Q/DQ model with every earlier bias corrected."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from examples.real import photos
+    from examples.real.models import LITE_MEAN, LITE_STD
+    from mrdeploy._ort import cpu_session
+    from mrdeploy.calibration.bias import _layers, correct_biases
+    from mrdeploy.calibration.qdq import write_qdq
+    from mrdeploy.calibration.ranges import compute_ranges, to_jsonable
+
+    feeds = [{"input": x} for s in ((96, 96), (96, 128)) for x in photos.batch("calib", 8, s, LITE_MEAN, LITE_STD)]
+    fp32 = onnx.load(str(lite1))
+    ranges = compute_ranges(lite1, feeds, "minmax", symmetric=False, desc="ranges")
+    q = onnx.load(str(write_qdq(lite1, tmp_path / "q.onnx", to_jsonable(ranges), "minmax", "onnxruntime",
+                                exclude=[], weight_bits=8)))
+    layers = _layers(q, fp32)
+    as_quantized = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+
+    def channel_means(model, names, run=None):  # ``run``: the names to compute (all by default)
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        m.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in names)
+        fed = [t for t in m.graph.initializer if t.name in biases]
+        for t in fed:
+            m.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            m.graph.initializer.remove(t)
+        s = cpu_session(m)
+        for shape in ((96, 96), (96, 128)):
+            batch = np.stack([f["input"] for f in feeds if f["input"].shape[1:] == shape])
+            yield [o.astype(np.float64).mean(axis=tuple(a for a in range(o.ndim) if a != 1)) * len(batch)
+                   for o in s.run(run or names, {"input": batch, **{t.name: biases[t.name] for t in fed}})]
+
+    biases = {la.bias: as_quantized[la.bias].copy() for la in layers}
+    want = [sum(v) / len(feeds) for v in zip(*channel_means(fp32, [la.fp32_output for la in layers]))]
+    for k, la in enumerate(layers[:12]):  # the reference costs a whole-model run per layer: the first 12
+        got = sum(v[0] for v in channel_means(q, [la.output for la in layers], [la.output])) / len(feeds)
+        biases[la.bias] = (biases[la.bias] + np.round((want[k] - got) / la.scale)).astype(np.int32)
+
+    assert correct_biases(q, fp32, feeds, desc="segmented") == 65
+    corrected = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    for la in layers[:12]:  # (with only the asked layer's output added to the graph, ORT fuses other kernels
+        # and the reference itself moves some values by 1-4 steps)
+        np.testing.assert_array_equal(corrected[la.bias], biases[la.bias], err_msg=la.bias)
+    assert sum(not np.array_equal(corrected[la.bias], as_quantized[la.bias]) for la in layers) >= 50
+
+
 def test_dead_channels_keep_only_their_bias(lite1, tmp_path):
     from onnx import numpy_helper
 
