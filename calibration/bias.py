@@ -132,7 +132,7 @@ def _means(model, outputs: list[str], runs, threads) -> list[np.ndarray]:
 
 
 def _channel_sum(x: np.ndarray) -> np.ndarray:
-    """Per-channel (axis 1) sum over every other axis, divided by the size of the non-batch axes."""
+    """Per channel (axis 1): the sum over the batch of each sample's mean over the other axes."""
     return x.astype(np.float64).mean(axis=tuple(a for a in range(x.ndim) if a != 1)) * len(x)
 
 
