@@ -11,8 +11,8 @@ the FP32 model on photo crops that calibration never saw (examples/real/photos.p
 - ``per profile``: the same bundle with bias correction (the default: calibration/bias.py);
 - ``budget D``: the same with ``--max-drop D`` for each D of ``--max-drop`` (default 0.03 and 0.10), held
   out data ``--heldout`` crops (default 40) of the calibration halves, built with ``--precision auto``
-  (``--budget-precision``): a profile where no INT8 model meets the budget (or none is faster than
-  FP32) is served in FP32, and the listing after the tables says which; with ``--budget-precision
+  (``--budget-precision``): a profile where no INT8 model meets the budget (or INT8 is not 1.05x
+  faster than FP32) is served in FP32, and the listing after the tables says which; with ``--budget-precision
   int8`` the build refuses such a profile and the column shows ``refused``.
 
 ``fp32+noise`` is the metric's noise floor: the FP32 model itself on the same crops plus Gaussian noise of

@@ -61,10 +61,11 @@ def correct_biases(qdq, fp32, feeds: Sequence[dict[str, np.ndarray]], *, batch: 
     layers = _layers(qdq, fp32)
     if not layers or not feeds:
         return 0
-    want = _means(fp32, [la.fp32_output for la in layers], _runs(feeds, batch), threads)
+    runs = _runs(feeds, batch)
+    want = _means(fp32, [la.fp32_output for la in layers], runs, threads)
     inits = {t.name: t for t in qdq.graph.initializer}
     biases = {la.bias: numpy_helper.to_array(inits[la.bias]) for la in layers}
-    segments = _Segments(qdq, layers, _runs(feeds, batch), threads)
+    segments = _Segments(qdq, layers, runs, threads)
     corrected = 0
     with Progress(len(layers), desc) as bar:
         for k, (la, target) in enumerate(zip(layers, want)):
@@ -159,25 +160,15 @@ class _Segments:
     all, where the whole model ran once per layer before."""
 
     def __init__(self, model, layers: Sequence[_Layer], runs, threads):
-        from onnx import shape_inference
-
         self.model, self.threads, self.layers = model, threads, list(layers)
-        g = model.graph
-        self.inits = {t.name: t for t in g.initializer}
-        try:
-            inferred = shape_inference.infer_shapes(model)
-            self.types = {v.name: v.type.tensor_type.elem_type for v in
-                          list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
-        except Exception:  # types of segment outputs then come from ONNX Runtime's own inference
-            self.types = {}
-        nodes = list(g.node)
+        self.inits = {t.name: t for t in model.graph.initializer}
+        nodes = list(model.graph.node)
         producer = {o: i for i, n in enumerate(nodes) for o in n.output}
-        at = {la.output: producer[la.output] for la in layers}
         const = [False] * len(nodes)
         for i, n in enumerate(nodes):
             const[i] = all(not x or x in self.inits or (x in producer and const[producer[x]]) for x in _reads(n))
         # segment of each non-constant node: the first layer at or after it; nodes after the last layer are dropped
-        ends = [at[la.output] for la in layers]
+        ends = [producer[la.output] for la in layers]
         seg = [None] * len(nodes)
         k = 0
         for i in range(len(nodes)):
@@ -225,8 +216,7 @@ class _Segments:
             nodes, f"segment{k}",
             [info(x, helper.np_dtype_to_tensor_dtype(sample[x].dtype)) if x != bias else
              info(x, self.inits[x].data_type) for x in inputs],
-            [info(o, self.types[o]) if self.types.get(o) else helper.make_empty_tensor_value_info(o)
-             for o in outputs],
+            [helper.make_empty_tensor_value_info(o) for o in outputs],  # ONNX Runtime infers their types
             [self.inits[x] for x in reads if x in self.inits and x != bias])
         m = helper.make_model(graph, opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
         m.functions.extend(self.model.functions)
