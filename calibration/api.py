@@ -20,7 +20,7 @@ from mrdeploy.calibration.bias import MIN_SAMPLES, correct_biases
 from mrdeploy.calibration.budget import Budget, fit_budget
 from mrdeploy.calibration.cache import write_cache
 from mrdeploy.calibration.evaluate import Scorer, latency, metric_for
-from mrdeploy.calibration.preprocess import eval_sizes, prepare, profile_sizes
+from mrdeploy.calibration.preprocess import heldout_feeds, prepare, profile_sizes
 from mrdeploy.calibration.qdq import activation_type, keep_float, reduce_range, symmetric, write_qdq
 from mrdeploy.calibration.ranges import METHODS, amax, compute_ranges, to_jsonable
 from mrdeploy.calibration.sources import load_data
@@ -60,7 +60,8 @@ class ProfileCalibration:
     metric: str = "top1"
     heldout: int = 0
     heldout_rows: list[int] | None = None  # (sample, size) pairs the drop is measured on, and all pairs
-    drop: float | None = None  # of the final Q/DQ model on held-out samples (the metric's estimate)
+    drop: float | None = None  # of the final Q/DQ model on held-out samples (top-1: the estimate's upper bound)
+    estimated_drop: float | None = None  # the point estimate (evaluate.Score.estimate)
     observed_drop: float | None = None  # top-1: the counted fraction of flips (moves in steps of 1/N)
     cosine_drop: float | None = None
     weight_bits: int = 8
@@ -99,6 +100,7 @@ class ProfileCalibration:
             "heldout_rows": self.heldout_rows,
             "drop": self.drop,
             "observed_drop": self.observed_drop,
+            "estimated_drop": self.estimated_drop,
             "cosine_drop": self.cosine_drop,
             "drop_all_int8": self.drop_all_int8,
             "max_drop": self.max_drop,
@@ -228,8 +230,7 @@ def calibrate_profile(
                 f"has only the {len(cset.calib)} calibration samples: add data, lower --calib-samples "
                 "or give held-out data")
         if cset.heldout:
-            held_feeds = [feed(it, s, f"held-out sample {k}") for k, it in enumerate(cset.heldout)
-                          for s in eval_sizes(profile)]
+            held_feeds = heldout_feeds(cset.heldout, inputs, profile)
             scorer = Scorer.make(reference_path or model_path, held_feeds, out_name, metric, threads, batch)
             result.heldout = len(cset.heldout)
             result.heldout_rows = list(scorer.rows)
@@ -299,7 +300,8 @@ def calibrate_profile(
 
 
 def _record(result: ProfileCalibration, score) -> None:
-    result.drop, result.observed_drop, result.cosine_drop = (round(v, 6) for v in (score.drop, score.observed, score.cosine))
+    result.drop, result.observed_drop, result.cosine_drop, result.estimated_drop = (
+        round(v, 6) for v in (score.drop, score.observed, score.cosine, score.estimate))
 
 
 def _opt_feed(profile: Profile, name: str):

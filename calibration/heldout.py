@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mrdeploy.calibration.evaluate import Scorer, metric_for
-from mrdeploy.calibration.preprocess import eval_sizes, prepare
+from mrdeploy.calibration.preprocess import heldout_feeds
 from mrdeploy.calibration.sources import load_data, load_samples
 from mrdeploy.errors import BudgetError, CalibrationError
 from mrdeploy.runtime.modelinfo import ModelInfo
@@ -53,8 +53,7 @@ def check_engine(engine, source_path: str | Path, info: ModelInfo, profile: Prof
     """Score ``engine`` for ``profile`` on held-out ``items`` against the source model; -> the record
     for the manifest. Raises BudgetError (naming the profile) when the drop exceeds ``max_drop``."""
     inputs = [info.input(n) for n in profile.inputs]
-    feeds = [{i.name: prepare(it, i, size[i.name], f"held-out sample {k}") for i in inputs}
-             for k, it in enumerate(items) for size in eval_sizes(profile)]
+    feeds = heldout_feeds(items, inputs, profile)
     first = next(iter(profile.inputs.values()))
     batch = (first.min[0], first.max[0])
     output = info.outputs[0].name
@@ -62,6 +61,7 @@ def check_engine(engine, source_path: str | Path, info: ModelInfo, profile: Prof
     scorer = Scorer.make(source_path, feeds, output, metric, threads, batch)
     score = scorer.score(EngineSession(engine))
     record = {"metric": metric, "drop": round(score.drop, 6), "observed_drop": round(score.observed, 6),
+              "estimated_drop": round(score.estimate, 6),
               "cosine_drop": round(score.cosine, 6), "max_drop": max_drop, "heldout": len(items),
               "heldout_rows": list(scorer.rows)}
     if score.drop > max_drop:

@@ -111,6 +111,18 @@ def eval_sizes(profile: Profile) -> list[dict[str, tuple[int, int]]]:
     return out
 
 
+def heldout_feeds(items: Sequence, inputs: Sequence[InputInfo], profile: Profile) -> list[dict[str, np.ndarray]]:
+    """Held-out feeds: every item at each of :func:`eval_sizes`, as is and mirrored left-right. A mirrored
+    photo is another photo to the model (its margins and errors differ), so the budget's drop is measured
+    on twice the (sample, size) pairs, at the cost of running them."""
+    out = []
+    for k, item in enumerate(items):
+        for size in eval_sizes(profile):
+            feed = {i.name: prepare(item, i, size[i.name], f"held-out sample {k}") for i in inputs}
+            out += [feed, {n: np.ascontiguousarray(a[..., ::-1]) for n, a in feed.items()}]
+    return out
+
+
 def group_by_shape(feeds: Sequence[dict[str, np.ndarray]]) -> list[list[dict[str, np.ndarray]]]:
     """Group per-sample feeds by their shapes (histogram calibrators need one shape per run)."""
     groups: dict[tuple, list] = {}

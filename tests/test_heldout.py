@@ -29,9 +29,10 @@ def test_an_fp16_engine_is_scored_on_heldout_data_and_inspect_shows_it(exported,
           "--precision", "fp16", "--calib-data", str(digits), "--calib-samples", "8", "--max-drop", "0.05",
           "--threads", "1", "-q"])
     held = {e.name: e.measurements["heldout"] for e in Manifest.read(out).profiles}
-    # the 12 images after the 8 calibration ones, at each of the profile's distinct sizes (min/opt/max)
+    # the 12 images after the 8 calibration ones, at each of the profile's distinct sizes (min/opt/max),
+    # as is and mirrored
     assert [held["s"]["heldout"], held["r"]["heldout"]] == [12, 12]
-    assert held["s"]["heldout_rows"][1] == 12 and held["r"]["heldout_rows"][1] == 24
+    assert held["s"]["heldout_rows"][1] == 24 and held["r"]["heldout_rows"][1] == 48
     for h in held.values():
         assert h["metric"] == "top1" and h["max_drop"] == 0.05
         assert 0 <= h["drop"] <= 0.05 and 0 <= h["cosine_drop"] < 1e-3  # fp16 rounding, not a wrong model
@@ -96,3 +97,48 @@ def test_a_bf16_ir_held_to_the_budget_is_checked_for_its_conversion_only(exporte
     assert (held.options["check"]["atol"], held.options["check"]["rtol"]) == HELD_BF16_TOLERANCES[:2] == (0.5, 1.0)
     assert (plain.options["check"]["atol"], plain.options["check"]["rtol"]) == BF16_TOLERANCES[:2] == (0.1, 0.1)
     assert held.measurements["heldout"]["max_drop"] == 0.05 and "heldout" not in (plain.measurements or {})
+
+
+def test_heldout_feeds_are_each_size_as_is_and_mirrored():
+    from mrdeploy.calibration.preprocess import heldout_feeds
+    from mrdeploy.runtime.modelinfo import InputInfo
+    from mrdeploy.runtime.profiles import make_profile, parse_profile
+
+    info = InputInfo.from_dict({"name": "x", "channels": 3})
+    profile = make_profile(parse_profile("r=64-80@64"), {"x": 3})
+    items = [np.random.default_rng(k).integers(0, 256, (50, 70, 3), dtype=np.uint8) for k in range(2)]
+    feeds = heldout_feeds(items, [info], profile)
+    assert [f["x"].shape[1:] for f in feeds] == [(64, 64)] * 2 + [(80, 80)] * 2 + [(64, 64)] * 2 + [(80, 80)] * 2
+    for plain, mirrored in zip(feeds[0::2], feeds[1::2]):
+        np.testing.assert_array_equal(mirrored["x"], plain["x"][:, :, ::-1])
+        assert not np.array_equal(mirrored["x"], plain["x"])
+
+
+class _Logits:
+    """A session whose input ``i`` (one float per sample) returns row ``i`` of a logits table."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def run(self, names, feeds):
+        return [self.table[feeds["i"][:, 0].astype(int)]]
+
+
+def test_the_top1_drop_is_held_to_its_upper_bound_from_50_pairs_on():
+    from mrdeploy.calibration.evaluate import OBSERVED_MIN_ROWS, Scorer, upper_bound
+
+    assert upper_bound(0.0, 100) == pytest.approx(1 / 101)
+    assert upper_bound(0.02, 100) == pytest.approx(0.03947, abs=1e-5)  # 2 flips in 100: over a 0.03 budget
+    assert upper_bound(0.02, 1000) == pytest.approx(0.0249, abs=1e-4)  # the same rate on 1000 pairs: within it
+    for n in (40, 100):
+        ref = np.tile(np.array([[10.0, 0.0, 0.0]], np.float32), (n, 1))
+        got = ref.copy()
+        got[:2] = [[0.0, 10.0, 0.0]]  # two pairs flip, by errors no other pair's margin absorbs either
+        feeds = [{"i": np.array([k], np.float32)} for k in range(n)]
+        scorer = Scorer(feeds, "y", "top1", [ref])
+        score = scorer.score(_Logits(got))
+        assert score.observed == pytest.approx(2 / n) and score.estimate == pytest.approx(2 / n)
+        if n >= OBSERVED_MIN_ROWS:
+            assert score.drop == pytest.approx(upper_bound(2 / n, n)) and score.drop > 0.03
+        else:  # too few pairs for a bound: the pooled estimate
+            assert score.drop == score.estimate
