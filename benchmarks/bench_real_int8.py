@@ -177,8 +177,9 @@ def main() -> None:
             for e in r.manifest.profiles:
                 c = e.calibration or {}
                 chosen = (e.measurements or {}).get("reason")
-                print(f"  {name} {e.name}: {e.precision}, held-out drop {c.get('drop')} (observed "
-                      f"{c.get('observed_drop')}) on {c.get('heldout_rows')} (stable, all) pairs, "
+                print(f"  {name} {e.name}: {e.precision}, held-out drop {c.get('drop')} (estimate "
+                      f"{c.get('estimated_drop')}, observed {c.get('observed_drop')}) on {c.get('heldout_rows')} "
+                      "(stable, all) pairs, "
                       f"{len(c.get('float_nodes', []))} blocks float, {c.get('weight_bits')}-bit weights"
                       + (f"; precision auto: {chosen}" if chosen else ""))
             r.close()

@@ -102,8 +102,9 @@ def stable_rows(sess, feeds: Sequence[dict[str, np.ndarray]], output: str, refer
 # from OBSERVED_MIN_ROWS pairs on, the top-1 drop that --max-drop bounds is the estimate's upper
 # confidence bound (Wilson score interval, Z_BOUND standard errors): the budget's search keeps the
 # fewest float blocks whose drop just meets the budget, so on a point estimate it stops where noise
-# made a model look good. EfficientNet-Lite2, 40 held-out crops (90 stable pairs), --max-drop 0.03: the
-# point estimate chose 2 blocks float at 0.021, which dropped 0.053 on 200 other crops.
+# made a model look good. EfficientNet-Lite2 at 192-256@224, 40 held-out crops, --max-drop 0.03: the
+# point estimate chose 2 blocks float at 0.021 (2 flips in 99 stable pairs), which flipped 7 of 135
+# stable evaluation crops at 224 (docs/BENCHMARKS.md section 6, fourth and fifth runs).
 Z_BOUND = 1.0
 
 

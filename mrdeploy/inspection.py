@@ -44,6 +44,12 @@ def _onnx_io(model) -> tuple[list[dict], list[dict]]:
     return inputs, outputs
 
 
+def _estimate(record: dict) -> str:
+    """' (estimate E)' where the held-out drop is an upper bound above its point estimate (top-1)."""
+    e = record.get("estimated_drop")
+    return "" if e is None or e == record.get("drop") else f" (estimate {e:.4f})"
+
+
 def inspect_onnx(path: Path) -> dict:
     try:
         import onnx
@@ -215,14 +221,14 @@ def format_inspection(d: dict) -> str:
                    f"{p['artifact']:<28} {p['sha256'][:12]:<12} {size:>6}")
         if p["calibration"]:
             c = p["calibration"]
-            drop = "" if c.get("drop") is None else f", held-out drop {c['drop']:.4f}"
+            drop = "" if c.get("drop") is None else f", held-out drop {c['drop']:.4f}" + _estimate(c)
             budget = "" if c.get("max_drop") is None else f" (--max-drop {c['max_drop']})"
             out.append(f"  {'':<12} int8 calibration: {c.get('method')}, {c.get('samples')} samples{drop}{budget}")
         held = (p["measurements"] or {}).get("heldout")
         if held:  # a bf16/fp16 engine held to --max-drop (calibration/heldout.py)
             out.append(f"  {'':<12} {p['precision']} engine on {held['heldout_rows'][0]} held-out pairs: drop "
-                       f"{held['drop']:.4f} ({held['metric']}, --max-drop {held['max_drop']}), "
-                       f"cosine drop {held['cosine_drop']:.6f}")
+                       f"{held['drop']:.4f} ({held['metric']}, --max-drop {held['max_drop']})"
+                       f"{_estimate(held)}, cosine drop {held['cosine_drop']:.6f}")
         chose = p["measurements"] or {}
         if chose.get("choice") and chose.get("reason"):  # --precision auto: int8 or fp32, and why
             out.append(f"  {'':<12} precision auto: {chose['choice']}: {chose['reason']}")
