@@ -12,8 +12,9 @@ A few evaluations per block at most, whatever the model:
 
 Each evaluation quantizes the model with the chosen blocks float and scores it on the held-out samples;
 ``score`` returns a :class:`~mrdeploy.calibration.evaluate.Score` (the drop held to the budget, observed
-drop, cosine drop, point estimate; the cosine drop breaks ties in the ranking). With 50 or more top-1
-pairs the drop is an upper bound of the estimate (evaluate.upper_bound): the search stops at the first
+drop, cosine drop, point estimate; the cosine drop breaks ties in the ranking). From
+``evaluate.OBSERVED_MIN_ROWS`` top-1 pairs on the drop is an upper bound of the estimate
+(evaluate.upper_bound): the search stops at the first
 model under the budget, and on a point estimate that is where noise made a model look good.
 """
 
@@ -68,10 +69,8 @@ def fit_budget(
     def refuse(detail: str):
         return BudgetError(
             f"profile {name}: --max-drop {max_drop} ({metric}) cannot be met by any INT8 model: the drop is "
-            f"{drop:.4f} with every node in INT8, and {detail}"
-            + ("" if metric != "top1" else " (top-1 drops are the upper bound of the flip rate, one standard "
-               "error above it: more held-out data narrows it)")
-            + "; raise --max-drop, calibrate or hold out with more or other data, or build this profile in fp32")
+            f"{drop:.4f} with every node in INT8, and {detail}; raise --max-drop, calibrate or hold out with "
+            "more or other data, or build this profile in fp32")
 
     if len(blocks) < 2:
         raise refuse("the model has no block that could stay float while another stays INT8")
@@ -81,8 +80,10 @@ def fit_budget(
         worst = len(blocks) - 1  # every block float but the least helpful one
         _, most = evaluate(ranking[:worst], bar, f"{worst} blocks float")
         if most.drop > max_drop:
+            bound = ("" if most.drop <= most.estimate else f", the upper bound of an estimated {most.estimate:.4f} "
+                     "that more held-out data narrows")
             raise refuse(f"still {most.drop:.4f} with {worst} of {len(blocks)} blocks kept float "
-                         f"(only {ranking[-1]} in INT8)")
+                         f"(only {ranking[-1]} in INT8{bound})")
         lo, hi = 0, worst  # drop(lo) > max_drop (lo = 0: all INT8), drop(hi) <= max_drop
         while hi - lo > 1:
             mid = (lo + hi) // 2

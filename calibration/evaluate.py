@@ -104,7 +104,7 @@ def stable_rows(sess, feeds: Sequence[dict[str, np.ndarray]], output: str, refer
 # fewest float blocks whose drop just meets the budget, so on a point estimate it stops where noise
 # made a model look good. EfficientNet-Lite2 at 192-256@224, 40 held-out crops, --max-drop 0.03: the
 # point estimate chose 2 blocks float at 0.021 (2 flips in 99 stable pairs), which flipped 7 of 135
-# stable evaluation crops at 224 (docs/BENCHMARKS.md section 6, fourth and fifth runs).
+# stable evaluation crops at 224 (docs/BENCHMARKS.md section 6, fourth run).
 Z_BOUND = 1.0
 
 

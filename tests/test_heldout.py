@@ -145,3 +145,17 @@ def test_the_top1_drop_is_held_to_its_upper_bound_from_50_pairs_on():
             assert score.drop == pytest.approx(upper_bound(2 / n, n)) and score.drop > 0.03
         else:  # too few pairs for a bound: the pooled estimate
             assert score.drop == score.estimate
+
+
+def test_a_budget_refused_on_an_upper_bound_says_so(tmp_path):
+    from mrdeploy.calibration.budget import fit_budget
+    from mrdeploy.calibration.evaluate import Score
+
+    def score(path):  # every model: 0.05 held to the budget, the upper bound of an estimated 0.02
+        return Score(0.05, 0.02, 0.001, 0.02)
+
+    groups = {"a": ["n1"], "b": ["n2"]}
+    with pytest.raises(BudgetError) as info:
+        fit_budget(groups, lambda exclude, path: path, score, 0.1, 0.03, tmp_path, name="p", metric="top1")
+    assert "still 0.0500 with 1 of 2 blocks kept float (only b in INT8, the upper bound of an estimated " \
+           "0.0200 that more held-out data narrows)" in str(info.value)
