@@ -130,8 +130,8 @@ def choose(cands: list[Candidate], min_speedup: float) -> tuple[Candidate, str]:
 
 def _record(c: Candidate, name: str) -> dict:
     row = {"backend": c.backend, "precision": c.precision, "source_model": c.source}
-    if c.error is not None:
-        return {**row, "refused": c.error}
+    if c.error is not None:  # a candidate refused at every profile: each profile's row names its own reason
+        return {**row, "refused": c.refused.get(name, c.error)}
     e = c.manifest.entry(name)
     row.update(ms={k: round(v, 4) for k, v in c.ms.items()}, score_ms=round(c.score, 4))
     if e.calibration:
@@ -182,7 +182,7 @@ def build_auto(model_path, output, profiles=(), *, precision: str = "auto", quie
                     c.bundle, c.refused, names = built_c.path, built_c.refused, built_c.requested
                     c.manifest = Manifest.read(c.bundle)
                 except MrdeployError as e:
-                    c.error = _first_line(e)
+                    c.error, c.refused = _first_line(e), dict(getattr(e, "refused", {}))
                 cands.append(c)
                 if c.manifest is not None:
                     if any(stands_in(e, c.manifest.source) for e in c.manifest.profiles):

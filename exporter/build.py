@@ -354,7 +354,9 @@ def _refuse(e: MrdeployError, profile: Profile, result: BuildResult, skip: bool,
     result.refused[profile.name] = first_line(e)
     if len(result.refused) == profiles:
         kind = BudgetError if isinstance(e, BudgetError) else ExportError
-        raise kind("every profile was refused: " + "; ".join(result.refused.values())) from e
+        every = kind("every profile was refused: " + "; ".join(result.refused.values()))
+        every.refused = dict(result.refused)  # per profile, for --backend auto's records (exporter/auto.py)
+        raise every from e
 
 
 def _hold_to_budget(entry, bundle: Path, build: dict, source: SourceModel, items, max_drop: float, threads):

@@ -235,3 +235,28 @@ def test_an_engine_that_fails_its_check_at_one_profile_is_refused_there_only(exp
     assert {"backend": "onnxruntime", "precision": "int8", "source_model": False,
             "refused": message} in manifest.entry("r").measurements["auto"]["candidates"]
     assert all("refused" not in row for row in manifest.entry("s").measurements["auto"]["candidates"])
+
+
+def test_a_candidate_refused_at_every_profile_records_each_profiles_own_reason(exported, digits, tmp_path, monkeypatch):
+    from mrdeploy.exporter import auto
+    from mrdeploy.exporter.build import build_bundle
+    from mrdeploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    real = OnnxRuntimeBackend.build_profile
+
+    def build_profile(self, stage):
+        if stage.precision == "int8":
+            raise ExportError(f"profile {stage.profile.name!r}: the int8 model does not match (test)")
+        return real(self, stage)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "build_profile", build_profile)
+    monkeypatch.setattr(auto, "candidate_kinds", lambda p: ([("onnxruntime", "fp32"), ("onnxruntime", "int8")], []))
+    result = build_bundle(exported("cnn"), tmp_path / "b", ["s=48", "r=64"], backend="auto", precision="auto",
+                          calib_data=digits, calib_samples=6, threads=1, quiet=True)
+    manifest = Manifest.read(tmp_path / "b")
+    for name in ("s", "r"):
+        rows = [row for row in manifest.entry(name).measurements["auto"]["candidates"] if row["precision"] == "int8"]
+        assert rows == [{"backend": "onnxruntime", "precision": "int8", "source_model": False,
+                         "refused": f"profile {name!r}: the int8 model does not match (test)"}]
+    assert ("candidate onnxruntime int8 refused: every profile was refused: profile 's': the int8 model does not "
+            "match (test); profile 'r': the int8 model does not match (test)") in result.notes
