@@ -177,7 +177,8 @@ def main() -> None:
             for e in r.manifest.profiles:
                 c = e.calibration or {}
                 chosen = (e.measurements or {}).get("reason")
-                print(f"  {name} {e.name}: {e.precision}, held-out drop {c.get('drop')} (estimate "
+                at = f" at {c['drop_at']}" if c.get("drop_at") else ""
+                print(f"  {name} {e.name}: {e.precision}, held-out drop {c.get('drop')}{at} (estimate "
                       f"{c.get('estimated_drop')}, observed {c.get('observed_drop')}) on {c.get('heldout_rows')} "
                       "(stable, all) pairs, "
                       f"{len(c.get('float_nodes', []))} blocks float, {c.get('weight_bits')}-bit weights"

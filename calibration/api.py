@@ -62,6 +62,7 @@ class ProfileCalibration:
     heldout_rows: list[int] | None = None  # (sample, size) pairs the drop is measured on, and all pairs
     drop: float | None = None  # of the final Q/DQ model on held-out samples (top-1: the estimate's upper bound)
     estimated_drop: float | None = None  # the point estimate (evaluate.Score.estimate)
+    drop_at: str | None = None  # top-1: the input size whose own pairs gave the drop (None: all pairs together)
     observed_drop: float | None = None  # top-1: the counted fraction of flips (moves in steps of 1/N)
     cosine_drop: float | None = None
     weight_bits: int = 8
@@ -101,6 +102,7 @@ class ProfileCalibration:
             "drop": self.drop,
             "observed_drop": self.observed_drop,
             "estimated_drop": self.estimated_drop,
+            "drop_at": self.drop_at,
             "cosine_drop": self.cosine_drop,
             "drop_all_int8": self.drop_all_int8,
             "max_drop": self.max_drop,
@@ -258,7 +260,7 @@ def calibrate_profile(
                 # for the layers before it as they were when it was corrected, so the ranking of one
                 # block floated alone would measure the other layers' stale corrections. The blocks
                 # found, the model is corrected again for what stays INT8, and kept if no worse.
-                fit: Budget = fit_budget(groups, build, scorer.score, plain.drop, max_drop, work,
+                fit: Budget = fit_budget(groups, build, scorer.score, plain, max_drop, work,
                                          desc=f"budget {profile.name}", name=profile.name, metric=metric)
                 candidate, result.float_nodes, final, n_corrected = fit.path, fit.float_nodes, fit.score, 0
                 if correct:
@@ -302,6 +304,7 @@ def calibrate_profile(
 def _record(result: ProfileCalibration, score) -> None:
     result.drop, result.observed_drop, result.cosine_drop, result.estimated_drop = (
         round(v, 6) for v in (score.drop, score.observed, score.cosine, score.estimate))
+    result.drop_at = score.at
 
 
 def _opt_feed(profile: Profile, name: str):

@@ -61,11 +61,11 @@ def check_engine(engine, source_path: str | Path, info: ModelInfo, profile: Prof
     scorer = Scorer.make(source_path, feeds, output, metric, threads, batch)
     score = scorer.score(EngineSession(engine))
     record = {"metric": metric, "drop": round(score.drop, 6), "observed_drop": round(score.observed, 6),
-              "estimated_drop": round(score.estimate, 6),
+              "estimated_drop": round(score.estimate, 6), "drop_at": score.at,
               "cosine_drop": round(score.cosine, 6), "max_drop": max_drop, "heldout": len(items),
               "heldout_rows": list(scorer.rows)}
     if score.drop > max_drop:
         raise BudgetError(f"profile {profile.name}: --max-drop {max_drop} ({metric}) is not met by the "
-                          f"{engine.entry.precision} engine: the held-out drop is {score.drop:.4f} on "
-                          f"{scorer.rows[0]} (sample, size) pairs; raise --max-drop or build this profile in fp32")
+                          f"{engine.entry.precision} engine: the held-out drop is {score.drop:.4f}{score.where} "
+                          f"on {scorer.rows[0]} (sample, size) pairs; raise --max-drop or build this profile in fp32")
     return record

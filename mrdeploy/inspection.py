@@ -45,9 +45,12 @@ def _onnx_io(model) -> tuple[list[dict], list[dict]]:
 
 
 def _estimate(record: dict) -> str:
-    """' (estimate E)' where the held-out drop is an upper bound above its point estimate (top-1)."""
-    e = record.get("estimated_drop")
-    return "" if e is None or e == record.get("drop") else f" (estimate {e:.4f})"
+    """' (at HxW, the worst size; estimate E)': the size whose own pairs gave the held-out drop, and the
+    point estimate where the drop is its upper bound (top-1); '' when neither applies."""
+    e, at = record.get("estimated_drop"), record.get("drop_at")
+    parts = ([] if at is None else [f"at {at}, the worst size"]) + (
+        [] if e is None or e == record.get("drop") else [f"estimate {e:.4f}"])
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def inspect_onnx(path: Path) -> dict:

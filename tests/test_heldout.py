@@ -156,6 +156,35 @@ def test_a_budget_refused_on_an_upper_bound_says_so(tmp_path):
 
     groups = {"a": ["n1"], "b": ["n2"]}
     with pytest.raises(BudgetError) as info:
-        fit_budget(groups, lambda exclude, path: path, score, 0.1, 0.03, tmp_path, name="p", metric="top1")
+        fit_budget(groups, lambda exclude, path: path, score, Score(0.1, 0.1, 0.01, 0.1), 0.03, tmp_path, name="p",
+                   metric="top1")
     assert "still 0.0500 with 1 of 2 blocks kept float (only b in INT8, the upper bound of an estimated " \
            "0.0200 that more held-out data narrows)" in str(info.value)
+
+
+def test_the_top1_drop_is_the_worst_of_all_pairs_and_each_size_with_50_pairs():
+    from mrdeploy.calibration.evaluate import Scorer, upper_bound
+
+    class Table:  # input i (C, H, W) with sample index k at [0, 0, 0]: row k of a logits table
+        def __init__(self, table):
+            self.table = table
+
+        def run(self, names, feeds):
+            return [self.table[feeds["i"][:, 0, 0, 0].astype(int)]]
+
+    for large in (100, 40):  # pairs at 16x16; 100 at 8x8, listed interleaved
+        n = 100 + large
+        sizes = [8, 16] * large + [8] * (100 - large)
+        feeds = [{"i": np.full((1, s, s), k, np.float32)} for k, s in enumerate(sizes)]
+        ref = np.tile(np.array([[10.0, 0.0, 0.0]], np.float32), (n, 1))
+        got = ref.copy()
+        got[[k for k, s in enumerate(sizes) if s == 16][:3]] = [0.0, 10.0, 0.0]  # 3 flips, all at 16x16
+        by_size = [ref[[k for k, s in enumerate(sizes) if s == size]] for size in (8, 16)]
+        score = Scorer(feeds, "y", "top1", by_size).score(Table(got))
+        if large >= 50:  # 3 in 200 pairs meet 0.03 together (bound 0.026), 3 in 100 at 16x16 do not
+            assert upper_bound(3 / n, n) < 0.03
+            assert score.at == "16x16" and score.observed == pytest.approx(0.03)
+            assert score.drop == pytest.approx(upper_bound(0.03, 100)) and score.drop > 0.03
+            assert score.where == " at 16x16 (the worst size)"
+        else:  # 40 pairs at 16x16 are too few to be held alone: all pairs together
+            assert score.at is None and score.where == "" and score.drop == pytest.approx(upper_bound(3 / n, n))
