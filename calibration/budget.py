@@ -71,9 +71,8 @@ def fit_budget(
     def refuse(detail: str):
         return BudgetError(
             f"profile {name}: --max-drop {max_drop} ({metric}) cannot be met by any INT8 model: the drop is "
-            f"{start.drop:.4f}{start.where} with every node in INT8, and {detail}; raise --max-drop, calibrate or hold "
-            "out with "
-            "more or other data, or build this profile in fp32")
+            f"{start.drop:.4f}{start.where} with every node in INT8, and {detail}; raise --max-drop, calibrate "
+            "or hold out with more or other data, or build this profile in fp32")
 
     if len(blocks) < 2:
         raise refuse("the model has no block that could stay float while another stays INT8")

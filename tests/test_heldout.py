@@ -188,3 +188,12 @@ def test_the_top1_drop_is_the_worst_of_all_pairs_and_each_size_with_50_pairs():
             assert score.where == " at 16x16 (the worst size)"
         else:  # 40 pairs at 16x16 are too few to be held alone: all pairs together
             assert score.at is None and score.where == "" and score.drop == pytest.approx(upper_bound(3 / n, n))
+
+
+def test_inspect_names_the_size_that_gave_the_drop_and_the_estimate_under_its_bound():
+    from mrdeploy.inspection import _estimate
+
+    assert _estimate({"drop": 0.0262, "estimated_drop": 0.0132, "drop_at": "224x224"}) == \
+        " (at 224x224, the worst size; estimate 0.0132)"
+    assert _estimate({"drop": 0.0262, "estimated_drop": 0.0132, "drop_at": None}) == " (estimate 0.0132)"
+    assert _estimate({"drop": 0.05, "estimated_drop": 0.05}) == ""  # an old record has no drop_at
